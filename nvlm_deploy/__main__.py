@@ -1,0 +1,3 @@
+from nvlm_deploy.cli import main
+
+raise SystemExit(main())

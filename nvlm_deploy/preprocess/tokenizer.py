@@ -1,0 +1,125 @@
+"""Tokenizer: HF `tokenizer.json` (Qwen2 byte-level BPE) loading, and a small one built here.
+
+Real NVLM-D checkpoints carry Qwen2.5's `tokenizer.json`; tiny checkpoints carry a byte-level BPE
+trained here on a built-in corpus with the same pre-tokenizer and the Qwen2 special tokens. Code
+looks special ids up by token text, never by Qwen's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nvlm_deploy.errors import DeployError
+
+# Qwen2.5 special tokens, in Qwen's order (they take the ids after the BPE vocabulary).
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+IMAGE_PAD = "<|vision_pad|>"  # NVLM-D's image context token
+EOS = "<|im_end|>"
+PAD = "<|endoftext|>"
+# Qwen2's pre-tokenizer split (public tokenizer.json of Qwen2/Qwen2.5)
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+CORPUS = """\
+Answer the questions. You are a helpful assistant. Describe the image in detail.
+What is in the picture? What color is the shape? What shape is it? How many shapes are there?
+Which side is the red shape on? The shape is on the left. The shape is on the right. In the middle.
+There is one circle. There are two squares. There are three triangles, four stars and five dots.
+red green blue yellow orange purple white black gray pink brown cyan magenta
+circle square triangle star cross ring dot line rectangle diamond heart
+left right top bottom center middle above below near far big small large tiny
+one two three four five six seven eight nine ten zero
+0 1 2 3 4 5 6 7 8 9 10 11 12 100 2024
+The quick brown fox jumps over the lazy dog. A picture is worth a thousand words.
+Image tile global thumbnail <Image> </Image> <tile_1> <tile_2> <tile_3> <tile_global_thumbnail>
+Hello, world! How are you today? I am fine, thank you. Yes. No. Maybe. Please.
+Tensor parallel engines serve the model on many GPUs with a prompt table for image features.
+Les chats sont mignons. Über alles. Café crème. 日本語のテキスト。 中文文本。 Emoji: 🙂 🚀 ✓
+"""
+
+
+def write_tokenizer(out_dir: str | Path, *, vocab_size: int = 1024) -> None:
+    """Train the small byte-level BPE on CORPUS and write `tokenizer.json` + `tokenizer_config.json`.
+
+    Args:
+        out_dir: existing directory.
+        vocab_size: total size, special tokens included.
+    """
+    from tokenizers import Regex, Tokenizer as HfTokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = HfTokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    out = Path(out_dir)
+    tok.save(str(out / "tokenizer.json"))
+    added = {str(tok.token_to_id(t)): {"content": t, "special": True} for t in SPECIAL_TOKENS}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "model_max_length": 32768,
+    }, indent=2))
+
+
+class Tokenizer:
+    """Thin wrapper over `tokenizers.Tokenizer` with the ids NVLM-D needs."""
+
+    def __init__(self, hf_tokenizer, *, eos_token: str = EOS, pad_token: str = PAD):
+        self._tok = hf_tokenizer
+        self.eos_id = self.token_id(eos_token)
+        self.pad_id = self.token_id(pad_token)
+        self.image_pad_id = self.token_id(IMAGE_PAD)
+        added = hf_tokenizer.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HfTokenizer
+
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise DeployError(f"{path} does not exist: the checkpoint needs its tokenizer.json "
+                              "(NVLM-D uses Qwen2.5-72B-Instruct's tokenizer).")
+        try:
+            tok = HfTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on parse errors
+            raise DeployError(f"{path} is not a valid tokenizer.json ({exc}).") from None
+        eos = EOS
+        config = Path(model_dir) / "tokenizer_config.json"
+        if config.is_file():
+            eos = json.loads(config.read_text()).get("eos_token") or EOS
+            eos = eos["content"] if isinstance(eos, dict) else eos
+        return cls(tok, eos_token=eos)
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        idx = self._tok.token_to_id(token)
+        if idx is None:
+            raise DeployError(f"the tokenizer has no token {token!r}; NVLM-D needs the Qwen2.5 special tokens.")
+        return idx
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids; special tokens written in the text (<|im_start|> ...) map to their ids."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, *, skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
