@@ -1,0 +1,166 @@
+"""Streaming conversion to a TensorRT-LLM checkpoint: config, rank files, manifest, bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from nvlm_deploy.cli import main
+from nvlm_deploy.convert.llm_checkpoint import SafetensorsWriter, convert_llm_checkpoint, trtllm_config
+from nvlm_deploy.errors import DeployError
+from nvlm_deploy.model.checkpoint import CheckpointIndex
+
+CONFIG_FIELDS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "hidden_act", "logits_dtype", "norm_epsilon", "position_embedding_type",
+                 "max_position_embeddings", "rotary_embedding_dim", "intermediate_size", "head_size",
+                 "use_parallel_embedding", "embedding_sharding_dim", "qk_layernorm", "mapping", "quantization",
+                 "mlp_bias", "attn_bias", "rotary_base", "rotary_scaling", "disable_weight_only_quant_plugin",
+                 "use_logn_attn", "moe", "seq_length", "qwen_type", "num_labels", "tie_word_embeddings")
+
+
+@pytest.fixture(scope="module")
+def tp2pp2(tiny_checkpoint, tmp_path_factory):
+    return convert_llm_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("tp2pp2"), tp=2, pp=2)
+
+
+def test_config_has_every_field(tp2pp2, tiny_model):
+    config = json.loads((tp2pp2 / "config.json").read_text())
+    assert set(CONFIG_FIELDS) <= set(config)
+    llm = tiny_model.config.llm
+    assert config["rotary_base"] == llm.rope_theta and config["rotary_scaling"] is None
+    assert llm.rope_scaling is not None  # the HF entry exists and is deliberately not applied
+    assert config["qwen_type"] == "qwen2" and config["position_embedding_type"] == "rope_gpt_neox"
+    assert config["dtype"] == "bfloat16" and config["vocab_size"] == 1030
+    assert {k: config["mapping"][k] for k in ("world_size", "tp_size", "pp_size")} == {
+        "world_size": 4, "tp_size": 2, "pp_size": 2}
+    assert config["quantization"]["quant_algo"] is None
+
+
+def test_rank_files_hold_their_layers_with_local_numbering(tp2pp2):
+    names = [set(load_file(tp2pp2 / f"rank{r}.safetensors")) for r in range(4)]
+    assert names[0] == names[1] and names[2] == names[3]
+    assert "transformer.vocab_embedding.weight" in names[0] and "lm_head.weight" not in names[0]
+    assert "lm_head.weight" in names[2] and "transformer.ln_f.weight" in names[2]
+    assert "transformer.vocab_embedding.weight" not in names[2]
+    assert all(not n.startswith("transformer.layers.1.") for n in names[0] | names[2])  # one layer each, renumbered
+    rank3 = load_file(tp2pp2 / "rank3.safetensors")
+    assert rank3["lm_head.weight"].shape == (515, 128) and rank3["lm_head.weight"].dtype == torch.bfloat16
+    assert rank3["transformer.layers.0.attention.qkv.weight"].shape == ((2 + 1 + 1) * 32, 128)
+    assert rank3["transformer.layers.0.attention.dense.weight"].shape == (128, 64)
+
+
+def test_values_are_the_hf_tensors_renamed_and_fused(tiny_checkpoint, tmp_path):
+    out = convert_llm_checkpoint(tiny_checkpoint, tmp_path, dtype="fp32")
+    rank0 = load_file(out / "rank0.safetensors")
+    hf = CheckpointIndex.open(tiny_checkpoint)
+    p = "language_model.model.layers.1."
+    qkv = torch.cat([hf.get(p + f"self_attn.{x}_proj.weight").float() for x in "qkv"])
+    assert torch.equal(rank0["transformer.layers.1.attention.qkv.weight"], qkv)
+    assert torch.equal(rank0["transformer.layers.1.mlp.fc.weight"], hf.get(p + "mlp.gate_proj.weight").float())
+    assert torch.equal(rank0["transformer.layers.1.mlp.gate.weight"], hf.get(p + "mlp.up_proj.weight").float())
+    assert torch.equal(rank0["lm_head.weight"], hf.get("language_model.lm_head.weight").float())
+
+
+def test_manifest_records_settings_and_source_hashes(tp2pp2, tiny_checkpoint):
+    manifest = json.loads((tp2pp2 / "manifest.json").read_text())
+    assert manifest["stage"] == "trtllm_checkpoint"
+    settings = manifest["settings"]
+    assert (settings["tp"], settings["pp"], settings["dtype"]) == (2, 2, "bf16")
+    assert "model.safetensors.index.json" in manifest["inputs"]["files"]
+    assert manifest["ranks"]["rank2"] == {"tp_rank": 0, "pp_rank": 1, "layers": [1, 2]}
+    assert "transformer.layers.0.attention.qkv.weight" in manifest["self_check"]["merged_equal_to_source"]
+
+
+def test_streaming_writer_matches_safetensors_reader(tmp_path):
+    tensors = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int64),
+               "empty": torch.zeros(0, 4), "c": torch.randn(2, 3, 4).half()}
+    writer = SafetensorsWriter(tmp_path / "x.safetensors", {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()})
+    for name in ["c", "a", "empty", "b"]:  # any order: each lands at its header offset
+        writer.write(name, tensors[name])
+    writer.close()
+    back = load_file(tmp_path / "x.safetensors")
+    assert set(back) == set(tensors) and all(torch.equal(back[n], tensors[n]) for n in tensors)
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    save_file(tensors, tmp_path / "ref.safetensors")
+    assert (tmp_path / "x.safetensors").stat().st_size >= (tmp_path / "ref.safetensors").stat().st_size - 64
+
+
+def _no_output(root):
+    return not (root / "trtllm_checkpoint").exists() and not list(root.glob(".trtllm_checkpoint.tmp-*"))
+
+
+def test_tp_that_does_not_divide_heads_explains_and_writes_nothing(tiny_checkpoint, tmp_path, capsys):
+    assert main(["convert", "llm", "--model", str(tiny_checkpoint), "--out", str(tmp_path), "--tp", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--tp 3" in err and "Values that work: [1, 2, 4]" in err and "Traceback" not in err
+    assert _no_output(tmp_path)
+
+
+def test_pp_larger_than_layers_writes_nothing(tiny_checkpoint, tmp_path):
+    with pytest.raises(DeployError, match="--pp 3 .* 2 layers"):
+        convert_llm_checkpoint(tiny_checkpoint, tmp_path, pp=3)
+    assert _no_output(tmp_path)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_checkpoint_without_llm_config(tiny_checkpoint, tmp_path):
+    model = _copy(tiny_checkpoint, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    del config["llm_config"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DeployError, match="llm_config"):
+        convert_llm_checkpoint(model, tmp_path / "out")
+    assert _no_output(tmp_path / "out")
+
+
+def test_shard_missing_tensors_is_named(tiny_checkpoint, tmp_path):
+    model = _copy(tiny_checkpoint, tmp_path / "model")
+    index = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
+    victim = "language_model.model.layers.1.mlp.down_proj.weight"
+    shard = model / index[victim]
+    tensors = load_file(shard)
+    del tensors[victim]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(DeployError, match=f"missing from their shard: {victim}"):
+        convert_llm_checkpoint(model, tmp_path / "out")
+    assert _no_output(tmp_path / "out")
+
+
+def test_failure_midway_leaves_no_complete_looking_directory(tiny_checkpoint, tmp_path):
+    model = _copy(tiny_checkpoint, tmp_path / "model")
+    index = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = model / index["language_model.lm_head.weight"]
+    with safe_open(str(shard), "pt") as f:
+        names = list(f.keys())
+    header_len = int.from_bytes(shard.read_bytes()[:8], "little")
+    begin = json.loads(shard.read_bytes()[8:8 + header_len])["language_model.lm_head.weight"]["data_offsets"][0]
+    shard.write_bytes(shard.read_bytes()[:8 + header_len + begin + 10])  # cut inside lm_head, the last target
+    assert "language_model.lm_head.weight" in names
+    with pytest.raises(DeployError, match="truncated"):
+        convert_llm_checkpoint(model, tmp_path / "out")
+    assert _no_output(tmp_path / "out")
+
+
+def test_existing_output_needs_force(tiny_checkpoint, tmp_path):
+    convert_llm_checkpoint(tiny_checkpoint, tmp_path)
+    with pytest.raises(DeployError, match="--force"):
+        convert_llm_checkpoint(tiny_checkpoint, tmp_path)
+    assert convert_llm_checkpoint(tiny_checkpoint, tmp_path, tp=2, force=True).is_dir()
+    assert json.loads((tmp_path / "trtllm_checkpoint" / "config.json").read_text())["mapping"]["tp_size"] == 2
+
+
+def test_config_dtype_names():
+    from nvlm_deploy.config import LlmConfig
+
+    llm = LlmConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=100)
+    assert trtllm_config(llm, tp=1, pp=1, dtype="fp16")["dtype"] == "float16"
+    assert trtllm_config(llm, tp=1, pp=1, dtype="bf16")["head_size"] == 16
