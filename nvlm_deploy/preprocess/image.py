@@ -44,6 +44,9 @@ def load_image(source: ImageInput, *, max_pixels: int | None = None, name: str |
         raise DeployError(f"{label} is larger than Pillow's decompression-bomb limit ({exc}); "
                           "send a smaller image.") from None
     except _DECODE_ERRORS as exc:
+        empty = _png_header_size(fp)
+        if empty is not None and 0 in empty:  # Pillow refuses 0-pixel headers as "unidentified"
+            check_size(empty, max_pixels=limit, label=label)
         raise DeployError(f"{label} is not an image Pillow can read ({_reason(exc)}); "
                           "send PNG, JPEG, WebP, GIF, BMP or TIFF data.") from None
     with image:
@@ -84,6 +87,18 @@ def _to_rgb(image: Image.Image, *, label: str) -> Image.Image:
         return image.convert("RGB")
     except _DECODE_ERRORS as exc:
         raise DeployError(f"{label} is corrupt or truncated ({_reason(exc)}); send the complete file.") from None
+
+
+def _png_header_size(fp: io.BytesIO | Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None for anything else."""
+    if isinstance(fp, io.BytesIO):
+        head = fp.getvalue()[:24]
+    else:
+        with fp.open("rb") as f:
+            head = f.read(24)
+    if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    return None
 
 
 def _reason(exc: BaseException) -> str:

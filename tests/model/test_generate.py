@@ -78,3 +78,28 @@ def test_generate_cli_text_only_and_with_image(tiny_checkpoint, tmp_path, capsys
     not_image.write_bytes(b"not an image")
     assert main(["generate", "--model", str(tiny_checkpoint), "--image", str(not_image), "--prompt", "What?"]) == 1
     assert "x.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size, limit, message", [((0, 0), None, "no pixels"), ((300, 200), 50_000, "limit")])
+def test_generate_cli_rejects_empty_and_oversized_images(tiny_checkpoint, tmp_path, capsys, size, limit, message):
+    image = tmp_path / "img.png"
+    if size == (0, 0):
+        image.write_bytes(_zero_pixel_png())
+    else:
+        image.write_bytes(_png(*size, "red"))
+    extra = ["--max-pixels", str(limit)] if limit else []
+    rc = main(["generate", "--model", str(tiny_checkpoint), "--image", str(image), "--prompt", "What?", *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and "img.png" in err and message in err and "Traceback" not in err
+
+
+def _zero_pixel_png() -> bytes:
+    """A syntactically valid PNG whose IHDR says 0 x 0 (Pillow refuses to write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
