@@ -101,7 +101,7 @@ def write_manifest(directory: str | Path, *, stage: str, settings: dict, inputs:
         "tools": tool_versions(*tools),
         **(extra or {}),
     }
-    Path(directory, MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+    Path(directory, MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False), encoding="utf-8")
     return manifest
 
 
@@ -110,7 +110,7 @@ def read_manifest(directory: str | Path, *, stage: str | None = None) -> dict:
     if not path.is_file():
         raise DeployError(f"{path} does not exist: {directory} is not a finished nvlm-deploy artifact "
                           "(re-run the stage that writes it).")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     if stage and manifest.get("stage") != stage:
         raise DeployError(f"{path} is a '{manifest.get('stage')}' artifact, not '{stage}'.")
     return manifest

@@ -140,7 +140,7 @@ class NvlmConfig:
         if not path.is_file():
             raise DeployError(f"{path} does not exist: point --model at a HF NVLM-D checkpoint directory.")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DeployError(f"{path} is not valid JSON ({exc}).") from None
         config = cls.from_hf_dict(raw, source=str(path))

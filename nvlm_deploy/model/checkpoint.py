@@ -44,7 +44,7 @@ class CheckpointIndex:
         index_path = root / INDEX_NAME
         if index_path.is_file():
             try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
+                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DeployError(f"{index_path} is not a valid safetensors index ({exc!r}): "
                                   "it needs a 'weight_map' of tensor name -> shard file.") from None
@@ -184,8 +184,9 @@ def save_checkpoint(
         save_file({n: tensors[n].contiguous() for n in names}, str(out / shard), metadata={"format": "pt"})
         weight_map.update({n: shard for n in names})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (out / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / INDEX_NAME).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _shard_order(name: str) -> tuple[int, str]:

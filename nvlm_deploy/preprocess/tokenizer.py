@@ -40,6 +40,27 @@ Image tile global thumbnail <Image> </Image> <tile_1> <tile_2> <tile_3> <tile_gl
 Hello, world! How are you today? I am fine, thank you. Yes. No. Maybe. Please.
 Tensor parallel engines serve the model on many GPUs with a prompt table for image features.
 Les chats sont mignons. Über alles. Café crème. 日本語のテキスト。 中文文本。 Emoji: 🙂 🚀 ✓
+Which side has the striped square? The striped square is on the left, in the middle or on the right.
+system
+user
+assistant
+red
+green
+blue
+yellow
+purple
+orange
+circle
+square
+triangle
+cross
+one
+two
+three
+four
+left
+middle
+right
 """
 
 
@@ -104,7 +125,7 @@ class Tokenizer:
         eos = EOS
         config = Path(model_dir) / "tokenizer_config.json"
         if config.is_file():
-            eos = json.loads(config.read_text()).get("eos_token") or EOS
+            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token") or EOS
             eos = eos["content"] if isinstance(eos, dict) else eos
         return cls(tok, eos_token=eos)
 
