@@ -1,0 +1,86 @@
+"""Blocking gRPC client. Every request goes over the gRPC stream: the models are decoupled (streaming
+needs it), and Triton refuses unary ModelInfer on decoupled models; a non-streamed answer is the
+single response (or, for the ensemble, the responses joined)."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Iterator, Sequence
+
+from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatRequest, ServerError, chunk_text, infer_inputs, is_final, read_images
+from nvlm_deploy.errors import DeployError
+
+
+class NvlmClient:
+    """Args: url: "host:port" of the server's gRPC endpoint; model: entry point (tensorrt_llm_bls or
+    ensemble); timeout: seconds to wait for each response."""
+
+    def __init__(self, url: str, *, model: str = DEFAULT_MODEL, timeout: float | None = 600.0):
+        import tritonclient.grpc as grpcclient
+
+        self._module = grpcclient
+        self.url, self.model, self.timeout = url, model, timeout
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "NvlmClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def is_ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self._client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    def stream(self, prompt: str, images: Sequence = (), **options) -> Iterator[str]:
+        """Text chunks as the server sends them; options as ChatRequest (max_tokens, temperature, ...)."""
+        request = ChatRequest(prompt=prompt, images=read_images(images), stream=True, **options)
+        yield from self.responses(request)
+
+    def chat(self, prompt: str, images: Sequence = (), *, stream: bool = False, **options) -> str:
+        """The whole answer; stream=True asks the server to stream and joins the chunks."""
+        request = ChatRequest(prompt=prompt, images=read_images(images), stream=stream, **options)
+        return "".join(self.responses(request))
+
+    def responses(self, request: ChatRequest) -> Iterator[str]:
+        """Texts of the responses to one request over a fresh gRPC stream."""
+        from tritonclient.utils import InferenceServerException
+
+        results: queue.Queue = queue.Queue()
+        try:
+            self._client.start_stream(callback=lambda result, error: results.put((result, error)))
+        except InferenceServerException as exc:
+            raise DeployError(f"cannot open a gRPC stream to {self.url}: {exc.message()}") from None
+        try:
+            try:
+                self._client.async_stream_infer(self.model, infer_inputs(self._module, request),
+                                                request_id=uuid.uuid4().hex, enable_empty_final_response=True)
+            except InferenceServerException:  # the stream broke; its reason went to the callback
+                _, error = results.get(timeout=5)
+                raise DeployError(f"cannot talk to the server at {self.url}: {_message(error)}") from None
+            while True:
+                try:
+                    result, error = results.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise DeployError(f"no response from {self.url} within {self.timeout}s.") from None
+                if error is not None:
+                    raise ServerError(_message(error))
+                text = chunk_text(result)
+                if text:
+                    yield text
+                if is_final(result):
+                    return
+        finally:
+            self._client.stop_stream(cancel_requests=True)
+
+
+def _message(error) -> str:
+    return error.message() if hasattr(error, "message") else str(error)

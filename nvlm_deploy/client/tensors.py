@@ -1,0 +1,113 @@
+"""The request tensors, shaped as tensorrtllm_backend clients send them (`[[x]]`).
+
+`text_input` BYTES [1, 1]; `image_bytes_input` UINT8 [1, num_images, max_bytes] (each image's
+encoded file, zero-padded on the right) with `image_bytes_lengths` INT32 [1, num_images]; scalars
+[1, 1]. Sampling inputs are sent only when set, so the server's defaults apply otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nvlm_deploy.errors import DeployError
+
+DEFAULT_MODEL = "tensorrt_llm_bls"
+OUTPUT = "text_output"
+
+
+class ServerError(DeployError):
+    """The server refused or failed a request; the message is the server's, unchanged."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    prompt: str
+    images: tuple[bytes, ...] = ()  # encoded image files (PNG, JPEG, ...)
+    max_tokens: int = 64
+    stream: bool = False
+    exclude_input_in_output: bool = True
+    temperature: float | None = None
+    top_k: int | None = None  # 0 with top_p 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+    end_id: int | None = None
+    pad_id: int | None = None
+
+
+def read_images(images: Sequence[bytes | str | os.PathLike]) -> tuple[bytes, ...]:
+    """Image files' bytes (paths are read; bytes pass through)."""
+    out = []
+    for image in images:
+        if isinstance(image, (bytes, bytearray)):
+            out.append(bytes(image))
+            continue
+        path = Path(image)
+        if not path.is_file():
+            raise DeployError(f"--image {path}: no such file.")
+        out.append(path.read_bytes())
+    return tuple(out)
+
+
+def image_arrays(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [1, n, max_bytes], int32 [1, n]) for n >= 1 encoded images."""
+    width = max(len(b) for b in images)
+    data = np.zeros((1, len(images), width), dtype=np.uint8)
+    for k, b in enumerate(images):
+        data[0, k, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return data, np.array([[len(b) for b in images]], dtype=np.int32)
+
+
+# input name -> (triton dtype, numpy dtype, ChatRequest field)
+SCALARS = {
+    "max_tokens": ("INT32", np.int32, "max_tokens"),
+    "stream": ("BOOL", bool, "stream"),
+    "exclude_input_in_output": ("BOOL", bool, "exclude_input_in_output"),
+    "temperature": ("FP32", np.float32, "temperature"),
+    "top_k": ("INT32", np.int32, "top_k"),
+    "top_p": ("FP32", np.float32, "top_p"),
+    "seed": ("UINT64", np.uint64, "seed"),
+    "end_id": ("INT32", np.int32, "end_id"),
+    "pad_id": ("INT32", np.int32, "pad_id"),
+}
+
+
+def input_arrays(request: ChatRequest) -> dict[str, tuple[str, np.ndarray]]:
+    """name -> (triton dtype, array) of every tensor the request sends."""
+    arrays = {"text_input": ("BYTES", np.array([[request.prompt.encode("utf-8")]], dtype=object))}
+    if request.images:
+        data, lengths = image_arrays(request.images)
+        arrays["image_bytes_input"] = ("UINT8", data)
+        arrays["image_bytes_lengths"] = ("INT32", lengths)
+    for name, (triton_type, np_type, field) in SCALARS.items():
+        value = getattr(request, field)
+        if value is not None:
+            arrays[name] = (triton_type, np.array([[value]], dtype=np_type))
+    return arrays
+
+
+def infer_inputs(module, request: ChatRequest) -> list:
+    """tritonclient InferInput objects (`module` is tritonclient.grpc; its aio client uses the same class)."""
+    inputs = []
+    for name, (triton_type, array) in input_arrays(request).items():
+        tensor = module.InferInput(name, list(array.shape), triton_type)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def chunk_text(result) -> str:
+    """The text of one response ("" for an empty final response)."""
+    array = result.as_numpy(OUTPUT)
+    if array is None or array.size == 0:
+        return ""
+    return b"".join(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)).decode("utf-8")
+
+
+def is_final(result) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param

@@ -1,0 +1,81 @@
+"""`tensorrt_llm_bls`: the flow an ensemble cannot express.
+
+- Text-only requests skip `vision_encoder` (an ensemble runs every step).
+- Streamed text is detokenized incrementally over the whole answer (serve.detokenize), so the
+  chunks concatenate to exactly the non-streamed text, multi-byte characters included; the
+  ensemble's `postprocessing` decodes each response alone, as tensorrtllm_backend's does.
+- `exclude_input_in_output=false` echoes the prompt as text before the answer (image slots dropped),
+  streamed or not.
+
+The model calls (`preprocess`, `encode`, `generate`) are injected: in Triton they are BLS requests
+(triton_repo/tensorrt_llm_bls/1/model.py); in tests they can be the handlers themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from nvlm_deploy.serve import request_inputs as rq
+from nvlm_deploy.serve.detokenize import IncrementalDetokenizer
+
+Tensors = Mapping[str, np.ndarray | None]
+
+# ensemble / BLS input -> preprocessing input
+PREPROCESS_INPUTS = {"text_input": "QUERY", "image_bytes_input": "IMAGE_BYTES",
+                     "image_bytes_lengths": "IMAGE_BYTES_LENGTHS", "max_tokens": "REQUEST_OUTPUT_LEN",
+                     "end_id": "END_ID", "pad_id": "PAD_ID"}
+# ensemble / BLS input -> tensorrt_llm input (sampling settings pass straight through)
+SAMPLING_INPUTS = {"temperature": "temperature", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "seed": "seed"}
+
+
+class BlsHandler:
+    """Args:
+        decode: ids -> text (special tokens skipped, ids outside the tokenizer dropped).
+        preprocess: preprocessing tensors in -> out.
+        encode: PIXEL_VALUES [1, T, 3, S, S] -> (prompt_embedding_table, prompt_vocab_size).
+        generate: tensorrt_llm tensors in -> iterator of output_ids arrays (streamed or whole).
+        unfinished: ids -> True when they end inside a character (detokenize.byte_level_unfinished).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], *, preprocess: Callable[[Tensors], Tensors],
+                 encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 generate: Callable[[Tensors], Iterable[np.ndarray]],
+                 unfinished: Callable[[list[int]], bool] | None = None):
+        self.decode = decode
+        self.unfinished = unfinished
+        self.preprocess = preprocess
+        self.encode = encode
+        self.generate = generate
+
+    def run(self, inputs: Tensors, send: Callable[[str, bool], None]) -> None:
+        """Serve one request: send(text, final) once (not streamed) or per chunk (streamed)."""
+        pre = self.preprocess({dst: inputs.get(src) for src, dst in PREPROCESS_INPUTS.items()
+                               if inputs.get(src) is not None})
+        streaming = bool(rq.first(inputs.get("stream"), False))
+        llm_inputs = {
+            "input_ids": pre["INPUT_ID"], "input_lengths": pre["REQUEST_INPUT_LEN"],
+            "request_output_len": pre["REQUEST_OUTPUT_LEN"], "end_id": pre["OUT_END_ID"],
+            "pad_id": pre["OUT_PAD_ID"], "streaming": np.array([[streaming]], dtype=bool),
+            "exclude_input_in_output": np.array([[True]], dtype=bool),
+        }
+        llm_inputs.update({dst: inputs[src] for src, dst in SAMPLING_INPUTS.items() if inputs.get(src) is not None})
+        if np.asarray(pre["PIXEL_VALUES"]).shape[1] > 0:  # [1, T, 3, S, S]; text-only skips the encoder
+            table, vocab = self.encode(pre["PIXEL_VALUES"])
+            llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
+        detok = IncrementalDetokenizer(self.decode, unfinished=self.unfinished)
+        echo = not bool(rq.first(inputs.get("exclude_input_in_output"), False))
+        pending = detok.push(np.asarray(pre["INPUT_ID"]).reshape(-1).tolist()) if echo else ""
+        for output_ids in self.generate(llm_inputs):
+            pending += detok.push(np.asarray(output_ids).reshape(-1).tolist())
+            if streaming and pending:
+                send(pending, False)
+                pending = ""
+        send(pending + detok.finish(), True)
+
+
+def make_decode(tokenizer) -> Callable[[list[int]], str]:
+    """Tokenizer.decode that drops ids it does not know (image slots, padded vocab rows)."""
+    size = len(tokenizer)
+    return lambda ids: tokenizer.decode([i for i in ids if 0 <= i < size])

@@ -1,0 +1,54 @@
+"""Small glue between Triton's `triton_python_backend_utils` and the handlers (used by model.py files).
+
+`pb` is the `triton_python_backend_utils` module, passed in: it exists only inside the stub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def model_setup(args: dict) -> tuple[dict, dict[str, str], Path]:
+    """(model_config, string parameters, repository root) from initialize()'s args."""
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    root = Path(args["model_repository"]).resolve().parent  # args["model_repository"] is <repo>/<model>
+    return config, params, root
+
+
+def input_names(config: dict) -> list[str]:
+    return [i["name"] for i in config["input"]]
+
+
+def request_inputs(pb, request, names: list[str]) -> dict[str, np.ndarray | None]:
+    """name -> numpy array (None when an optional input was not sent)."""
+    out = {}
+    for name in names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        out[name] = None if tensor is None else tensor.as_numpy()
+    return out
+
+
+def response_inputs(pb, response, names: list[str]) -> dict[str, np.ndarray | None]:
+    out = {}
+    for name in names:
+        tensor = pb.get_output_tensor_by_name(response, name)
+        out[name] = None if tensor is None else tensor.as_numpy()
+    return out
+
+
+def tensors(pb, arrays: dict) -> list:
+    """pb_utils.Tensor per name; values already pb_utils.Tensor (same name) pass through."""
+    return [value if isinstance(value, pb.Tensor) else pb.Tensor(name, np.ascontiguousarray(value))
+            for name, value in arrays.items()]
+
+
+def error_response(pb, message: str):
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
+
+
+def text_tensor(name: str, text: str) -> np.ndarray:
+    return np.array([[text.encode("utf-8")]], dtype=object)  # [1, 1]

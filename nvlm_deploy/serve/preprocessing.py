@@ -1,0 +1,73 @@
+"""The `preprocessing` model's work: prompt + image bytes -> ids with image slots, tiles, ids to stop at."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nvlm_deploy.errors import DeployError
+from nvlm_deploy.serve import request_inputs as rq
+from nvlm_deploy.serve.request_inputs import RequestError, ServingLimits
+
+# numpy dtype of PIXEL_VALUES per config data type (cpu: float32; gpu engines: float16)
+PIXEL_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+
+
+class PreprocessingHandler:
+    """One request at a time: validate, tile, tokenize, put image slots; never raises for bad input
+    anything but RequestError (whose message goes to the client).
+
+    Args:
+        assets_dir: the repository's tokenizer + config.json copy.
+        limits: the repository's limits.
+        pixel_dtype: config data type of PIXEL_VALUES.
+    """
+
+    def __init__(self, assets_dir: str | Path, *, limits: ServingLimits, pixel_dtype: str = "TYPE_FP32"):
+        from nvlm_deploy.preprocess.request import Preprocessor
+
+        self.limits = limits
+        self.preprocessor = Preprocessor.from_model_dir(assets_dir, max_tiles=limits.max_tiles,
+                                                        max_images=limits.max_images)
+        self.tokenizer = self.preprocessor.tokenizer
+        self.pixel_dtype = PIXEL_DTYPES[pixel_dtype]
+
+    @classmethod
+    def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "PreprocessingHandler":
+        return cls(root / params["assets_dir"], limits=ServingLimits.from_parameters(params),
+                   pixel_dtype=params.get("pixel_values_data_type", "TYPE_FP32"))
+
+    def run(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """Triton tensors in (QUERY, IMAGE_BYTES, IMAGE_BYTES_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID),
+        tensors out, each with batch dimension 1."""
+        prompt = rq.text(inputs.get("QUERY"), name="text_input")
+        images = rq.images(inputs.get("IMAGE_BYTES"), inputs.get("IMAGE_BYTES_LENGTHS"))
+        out_len = rq.max_tokens(rq.first(inputs.get("REQUEST_OUTPUT_LEN")), self.limits)
+        end_id = rq.first(inputs.get("END_ID"), self.tokenizer.eos_id)
+        pad_id = rq.first(inputs.get("PAD_ID"), self.tokenizer.pad_id)
+        prepared = self.prepare(prompt, images)
+        ids = np.asarray(prepared.input_ids, dtype=np.int32)[None]  # [1, L]
+        return {
+            "INPUT_ID": ids,
+            "REQUEST_INPUT_LEN": np.array([[ids.shape[1]]], dtype=np.int32),
+            "REQUEST_OUTPUT_LEN": np.array([[out_len]], dtype=np.int32),
+            "PIXEL_VALUES": prepared.pixel_values.astype(self.pixel_dtype)[None],  # [1, T, 3, S, S]
+            "OUT_END_ID": np.array([[int(end_id)]], dtype=np.int32),
+            "OUT_PAD_ID": np.array([[int(pad_id)]], dtype=np.int32),
+        }
+
+    def prepare(self, prompt: str, images: Sequence[bytes]):
+        """Preprocessor.prepare with the repository's limits; user mistakes become RequestError."""
+        if len(images) > self.limits.max_images:
+            raise RequestError(f"the request has {len(images)} images, more than this repository's limit of "
+                               f"{self.limits.max_images}; send fewer images or re-package with a larger --max-images.")
+        try:
+            prepared = self.preprocessor.prepare(prompt, images)
+        except RequestError:
+            raise
+        except DeployError as exc:  # corrupt image, empty prompt, too many pixels: the user's input
+            raise RequestError(str(exc)) from None
+        rq.check_prompt(len(prepared.input_ids), prepared.num_image_tokens, self.limits)
+        return prepared

@@ -1,0 +1,107 @@
+"""Reading one Triton request's tensors: scalars sent `[[x]]`, strings, image bytes; and the limits.
+
+Shapes follow tensorrtllm_backend clients: every scalar arrives as `[1, 1]` (batch dim + dims [1]),
+`text_input` as a `[1, 1]` object array of UTF-8 bytes, `image_bytes_input` as uint8
+`[1, num_images, max_bytes]` (each image's encoded file, right-padded with zeros) with optional
+`image_bytes_lengths` int32 `[1, num_images]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from nvlm_deploy.errors import DeployError
+
+
+class RequestError(DeployError):
+    """A bad request: the message goes back to the client as is; the server keeps serving."""
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Per-request limits enforced before any model runs (written into config.pbtxt parameters)."""
+
+    max_input_len: int  # prompt tokens, image slots included
+    max_output_len: int  # most `max_tokens`
+    max_images: int  # images per request
+    max_tiles: int  # tiles per image before the thumbnail
+    max_prompt_table_size: int  # image tokens per request (rows of the prompt table)
+
+    def as_parameters(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> "ServingLimits":
+        try:
+            return cls(**{f.name: int(params[f.name]) for f in fields(cls)})
+        except (KeyError, ValueError) as exc:
+            raise DeployError(f"config.pbtxt parameters lack a valid limit ({exc}); re-run `nvlm-deploy package`.") from None
+
+
+def first(array: np.ndarray | None, default=None):
+    """The single value of a `[[x]]` tensor, or `default` when the input is absent."""
+    if array is None:
+        return default
+    flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        return default
+    if flat.size != 1:
+        raise RequestError(f"expected one value per request (shape [1, 1]), got shape {list(np.shape(array))}; "
+                           "send one prompt per request (concurrent requests are batched by the server).")
+    return flat[0].item() if hasattr(flat[0], "item") else flat[0]
+
+
+def text(array: np.ndarray | None, *, name: str = "text_input") -> str:
+    value = first(array)
+    if value is None:
+        raise RequestError(f"{name} is missing; send the prompt as a [1, 1] BYTES tensor.")
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"{name} is not valid UTF-8 ({exc}).") from None
+    return str(value)
+
+
+def images(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[bytes]:
+    """Encoded image files from `image_bytes_input` [1, n, max_bytes] (+ `image_bytes_lengths` [1, n])."""
+    if array is None or np.asarray(array).size == 0:
+        return []
+    data = np.asarray(array, dtype=np.uint8)
+    if data.ndim == 3:
+        if data.shape[0] != 1:
+            raise RequestError(f"image_bytes_input has batch size {data.shape[0]}; send one request at a time.")
+        data = data[0]
+    if data.ndim != 2:
+        raise RequestError(f"image_bytes_input must be uint8 [1, num_images, num_bytes], got shape {list(array.shape)}.")
+    sizes = [data.shape[1]] * data.shape[0]
+    if lengths is not None and np.asarray(lengths).size:
+        sizes = [int(n) for n in np.asarray(lengths).reshape(-1)]
+        if len(sizes) != data.shape[0] or min(sizes) < 0 or max(sizes) > data.shape[1]:
+            raise RequestError(f"image_bytes_lengths {sizes} does not fit image_bytes_input of shape "
+                               f"{list(data.shape)} (one length per image, each at most the row width).")
+    return [data[k, :n].tobytes() for k, n in enumerate(sizes)]
+
+
+def max_tokens(value, limits: ServingLimits) -> int:
+    if value is None:
+        raise RequestError("max_tokens is missing; send it as a [1, 1] INT32 tensor.")
+    n = int(value)
+    if n < 1 or n > limits.max_output_len:
+        raise RequestError(f"max_tokens is {n}; it must be between 1 and {limits.max_output_len} "
+                           "(this repository's max_output_len; re-package with a larger --max-output-len).")
+    return n
+
+
+def check_prompt(num_ids: int, num_image_tokens: int, limits: ServingLimits) -> None:
+    if num_ids > limits.max_input_len:
+        raise RequestError(f"the prompt is {num_ids} tokens long (image tokens included), more than this "
+                           f"repository's max_input_len of {limits.max_input_len}; shorten the text, send fewer "
+                           "or smaller images, or re-package with a larger --max-input-len.")
+    if num_image_tokens > limits.max_prompt_table_size:
+        raise RequestError(f"the images need {num_image_tokens} image tokens, more than this repository's "
+                           f"prompt table of {limits.max_prompt_table_size} rows per request; send fewer or "
+                           "smaller images.")

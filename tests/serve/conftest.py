@@ -1,0 +1,127 @@
+"""Serving fixtures: the tiny checkpoint's fp32 artifacts, a CPU repository, one real tritonserver."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+# small limits so image requests stay quick: <= 2 tiles + thumbnail per image, <= 2 images
+LIMITS = dict(max_images=2, max_tiles=2, max_input_len=2048, max_output_len=64, max_batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_checkpoint, tmp_path_factory):
+    """Target directory with onnx/ and trtllm_checkpoint/ in fp32 (exact parity with the reference)."""
+    from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
+    from nvlm_deploy.convert.vision_onnx import export_vision_onnx
+
+    target = tmp_path_factory.mktemp("engines") / "tiny-cpu"
+    export_vision_onnx(tiny_checkpoint, target, dtype="fp32")
+    convert_llm_checkpoint(tiny_checkpoint, target, dtype="fp32")
+    return target
+
+
+@pytest.fixture(scope="session")
+def cpu_repo(engines):
+    from nvlm_deploy.serve.package import PackageOptions, package_repository
+
+    return package_repository(engines, engines / "model_repository", runtime="cpu",
+                              options=PackageOptions(**LIMITS), log=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def server(cpu_repo):
+    """A tritonserver on 127.0.0.1 (free ports) serving `cpu_repo`; stopped by PID at the end."""
+    from nvlm_deploy.serve.server import start_server
+
+    srv = start_server(cpu_repo, timeout=600)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint):
+    """The PyTorch reference with the repository's limits."""
+    from nvlm_deploy.model.generate import ReferencePipeline
+
+    return ReferencePipeline.from_model_dir(tiny_checkpoint, dtype="float32", max_tiles=LIMITS["max_tiles"],
+                                            max_images=LIMITS["max_images"])
+
+
+def png_bytes(size=(640, 480), color=(200, 30, 30), *, shape_color=(20, 200, 40)) -> bytes:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).ellipse([size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2], fill=shape_color)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def images() -> list[bytes]:
+    return [png_bytes(), png_bytes((300, 600), (10, 40, 220), shape_color=(250, 250, 0))]
+
+
+MULTIBYTE_TEXT = "日🙂é"  # E6 97 A5 | F0 9F 99 82 | C3 A9: nine distinct bytes, each its own token
+
+
+def byte_token_ids(tokenizer, text: str) -> list[int]:
+    """One byte-level token per UTF-8 byte of `text` (every multi-byte character split across tokens)."""
+    from nvlm_deploy.serve.detokenize import _byte_level_alphabet
+
+    char_of = {b: c for c, b in _byte_level_alphabet().items()}
+    return [tokenizer.token_id(char_of[b]) for b in text.encode("utf-8")]
+
+
+@pytest.fixture(scope="session")
+def multibyte_checkpoint(tmp_path_factory):
+    """A tiny checkpoint whose greedy answer is MULTIBYTE_TEXT repeated, one byte per token.
+
+    Every decoder layer's attention output and MLP output projections are zero, so the last hidden
+    state is the last token's embedding; lm_head row next(t) is token t's normalized embedding, so
+    greedy decoding follows the chain prompt end -> byte 1 -> byte 2 -> ... -> byte 9 -> byte 1.
+    """
+    import torch
+
+    from nvlm_deploy.model.tiny import preset_config, random_state_dict, write_tiny_checkpoint
+    from nvlm_deploy.preprocess.request import Preprocessor
+    from nvlm_deploy.preprocess.tokenizer import Tokenizer, write_tokenizer
+
+    config = preset_config("tiny")
+    state = random_state_dict(config, seed=1)
+    tok_dir = tmp_path_factory.mktemp("tok")
+    write_tokenizer(tok_dir)
+    tokenizer = Tokenizer.load(tok_dir)
+    chain = byte_token_ids(tokenizer, MULTIBYTE_TEXT)
+    prompt_end = Preprocessor(config, tokenizer).prepare("Say it.").input_ids[-1]
+    lm = "language_model.model."
+    for i in range(config.llm.num_hidden_layers):
+        state[f"{lm}layers.{i}.self_attn.o_proj.weight"].zero_()
+        state[f"{lm}layers.{i}.mlp.down_proj.weight"].zero_()
+    state[f"{lm}norm.weight"] = torch.ones_like(state[f"{lm}norm.weight"])
+    embed = state[f"{lm}embed_tokens.weight"].to(torch.bfloat16).float()  # as stored
+    unit = embed / embed.norm(dim=-1, keepdim=True)
+    head = torch.zeros_like(state["language_model.lm_head.weight"])
+    for t, nxt in zip([prompt_end] + chain, chain + chain[:1]):
+        head[nxt] += 8.0 * unit[t]  # byte 1 follows both the prompt's end and byte 9
+    state["language_model.lm_head.weight"] = head
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "multibyte", config=config, state=state)
+
+
+@pytest.fixture(scope="session")
+def multibyte_server(multibyte_checkpoint, tmp_path_factory):
+    from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
+    from nvlm_deploy.convert.vision_onnx import export_vision_onnx
+    from nvlm_deploy.serve.package import PackageOptions, package_repository
+    from nvlm_deploy.serve.server import start_server
+
+    target = tmp_path_factory.mktemp("engines") / "multibyte"
+    export_vision_onnx(multibyte_checkpoint, target, dtype="fp32")
+    convert_llm_checkpoint(multibyte_checkpoint, target, dtype="fp32")
+    repo = package_repository(target, target / "model_repository", runtime="cpu",
+                              options=PackageOptions(**LIMITS), log=lambda line: None)
+    srv = start_server(repo, timeout=600)
+    yield srv
+    srv.stop()

@@ -1,0 +1,78 @@
+"""The BLS flow in-process: the real handlers stand in for the BLS requests between models."""
+
+import numpy as np
+import pytest
+
+from nvlm_deploy.serve.bls import BlsHandler, make_decode
+from nvlm_deploy.serve.llm import LlmHandler
+from nvlm_deploy.serve.preprocessing import PreprocessingHandler
+from nvlm_deploy.serve.request_inputs import ServingLimits
+from nvlm_deploy.serve.vision import VisionHandler
+
+from .conftest import LIMITS
+
+
+@pytest.fixture(scope="module")
+def pipeline(cpu_repo, engines):
+    from nvlm_deploy.runtime.decoder import TrtllmCheckpointRuntime
+    from nvlm_deploy.runtime.vision import OnnxVisionEncoder
+
+    limits = ServingLimits(max_input_len=2048, max_output_len=64, max_images=2, max_tiles=2, max_prompt_table_size=2304)
+    pre = PreprocessingHandler(cpu_repo / "preprocessing" / "assets", limits=limits)
+    runtime = TrtllmCheckpointRuntime.load(engines / "trtllm_checkpoint")
+    vision = VisionHandler(OnnxVisionEncoder(engines / "onnx"), hidden_size=runtime.hidden_size)
+    llm = LlmHandler(runtime, max_input_len=2048, max_output_len=64)
+    calls = []
+
+    def encode(pixels):
+        calls.append(pixels.shape)
+        return vision.run(pixels)
+
+    def generate(inputs):
+        out = []
+        llm.run([llm.parse(inputs)], lambda k, ids, length: out.append(ids))
+        return out
+
+    from nvlm_deploy.serve.detokenize import byte_level_unfinished
+
+    bls = BlsHandler(make_decode(pre.tokenizer), preprocess=pre.run, encode=encode, generate=generate,
+                     unfinished=byte_level_unfinished(cpu_repo / "preprocessing" / "assets" / "tokenizer.json"))
+    return bls, calls, pre
+
+
+def ask(bls, prompt, images=(), *, stream=False, echo=False, max_tokens=12):
+    inputs = {"text_input": np.array([[prompt.encode()]], dtype=object), "max_tokens": np.array([[max_tokens]], np.int32),
+              "stream": np.array([[stream]]), "exclude_input_in_output": np.array([[not echo]])}
+    if images:
+        from nvlm_deploy.client.tensors import image_arrays
+
+        inputs["image_bytes_input"], inputs["image_bytes_lengths"] = image_arrays(images)
+    sent = []
+    bls.run(inputs, lambda text, final: sent.append((text, final)))
+    assert [final for _, final in sent] == [False] * (len(sent) - 1) + [True]
+    return [text for text, _ in sent]
+
+
+def test_text_only_skips_the_vision_encoder_and_images_use_it(pipeline, images, reference):
+    bls, calls, _ = pipeline
+    calls.clear()
+    text = ask(bls, "Hello, how are you?")
+    assert calls == [] and len(text) == 1
+    ask(bls, "What is it?", images[:1])
+    assert len(calls) == 1 and calls[0][0] == 1
+
+
+def test_answers_match_the_reference(pipeline, images, reference):
+    bls, _, pre = pipeline
+    for prompt, imgs in (("Hello, how are you?", []), ("What is in the picture?", images[:1])):
+        want = reference.generate_ids(reference.preprocessor.prepare(prompt, imgs), max_new_tokens=12)
+        assert ask(bls, prompt, imgs) == [make_decode(pre.tokenizer)(want)]
+
+
+def test_stream_and_echo_concatenate_to_the_whole_text(pipeline):
+    bls, _, pre = pipeline
+    whole = ask(bls, "Hello, how are you?", max_tokens=24)[0]
+    assert "".join(ask(bls, "Hello, how are you?", stream=True, max_tokens=24)) == whole
+    echoed = ask(bls, "Hello, how are you?", echo=True, max_tokens=24)[0]
+    assert echoed.endswith(whole) and "Hello, how are you?" in echoed
+    assert "".join(ask(bls, "Hello, how are you?", stream=True, echo=True, max_tokens=24)) == echoed

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from nvlm_deploy.build.gpu import GpuInfo
+from nvlm_deploy.errors import DeployError
+from nvlm_deploy.serve.launch import check_repository, engine_mismatches, leader_mode_command
+
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 79.1, "10.11.0", "1.2.0")
+L40S = GpuInfo("NVIDIA L40S", "8.9", 44.5, "10.11.0", "1.2.0")
+CPU = GpuInfo(None, None, None, None, None)
+
+
+def gpu_repo(tmp_path, built=H100, trtllm="1.2.0"):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "manifest.json").write_text(json.dumps({
+        "stage": "model_repository", "settings": {"runtime": "gpu", "world_size": 2},
+        "inputs": {"engines": "/eng/h100-sxm-bf16-tp2"},
+        "engines_gpu": {"vision": built.as_dict(), "llm": built.as_dict()}, "tensorrt_llm": trtllm}))
+    return repo
+
+
+def test_matching_machine_passes(tmp_path):
+    assert check_repository(gpu_repo(tmp_path), local=H100)["settings"]["world_size"] == 2
+
+
+def test_other_gpu_is_refused_with_what_was_built_for_what_and_how_to_rebuild(tmp_path):
+    with pytest.raises(DeployError) as exc:
+        check_repository(gpu_repo(tmp_path), local=L40S)
+    message = str(exc.value)
+    assert "built for NVIDIA H100 80GB HBM3 (SM 9.0)" in message and "NVIDIA L40S (SM 8.9)" in message
+    assert "nvlm-deploy build llm" in message and "/eng/h100-sxm-bf16-tp2" in message
+
+
+def test_other_tensorrt_llm_version_is_refused(tmp_path):
+    newer = GpuInfo(H100.name, "9.0", 79.1, "10.11.0", "1.3.0")
+    with pytest.raises(DeployError, match="TensorRT-LLM 1.2.0; this machine has 1.3.0"):
+        check_repository(gpu_repo(tmp_path), local=newer)
+
+
+def test_no_gpu_is_a_mismatch_but_cpu_repositories_need_none(tmp_path, cpu_repo):
+    assert any("no NVIDIA GPU" in p for p in engine_mismatches(json.loads((gpu_repo(tmp_path) / "manifest.json").read_text()), CPU))
+    assert check_repository(cpu_repo, local=CPU)["settings"]["runtime"] == "cpu"
+
+
+def test_not_a_repository(tmp_path):
+    with pytest.raises(DeployError, match="nvlm-deploy package"):
+        check_repository(tmp_path)
+
+
+def test_leader_mode_runs_one_server_per_rank_and_workers_load_only_the_llm():
+    cmd = leader_mode_command(["--model-repository", "/r", "--grpc-port", "9001"], world_size=2, binary="/bin/ts")
+    assert cmd[:2] == ["mpirun", "--allow-run-as-root"]
+    ranks = " ".join(cmd[2:]).split(" : ")
+    assert len(ranks) == 2
+    assert ranks[0].startswith("-n 1 /bin/ts --model-repository /r --grpc-port 9001")
+    assert "--load-model" not in ranks[0] and "shm-region-prefix-name=nvlmd0_" in ranks[0]
+    assert ranks[1].endswith("--model-control-mode explicit --load-model tensorrt_llm")
+    assert "shm-region-prefix-name=nvlmd1_" in ranks[1]
+
+
+def test_serve_cli_refuses_gpu_engines_here_and_prints_the_command_for_cpu(tmp_path, cpu_repo, capsys):
+    from nvlm_deploy.build.gpu import describe_local_gpu
+    from nvlm_deploy.cli import main
+
+    if describe_local_gpu().compute_capability == H100.compute_capability:
+        pytest.skip("this machine has the engines' GPU")
+    assert main(["serve", str(gpu_repo(tmp_path))]) == 1
+    assert "do not fit this machine" in capsys.readouterr().err
+    assert main(["serve", str(cpu_repo), "--print-command", "--grpc-port", "9101"]) == 0
+    line = capsys.readouterr().out
+    assert "tritonserver --model-repository" in line and "--grpc-port 9101" in line and "--grpc-address 127.0.0.1" in line

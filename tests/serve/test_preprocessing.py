@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from nvlm_deploy.serve import request_inputs as rq
+from nvlm_deploy.serve.preprocessing import PreprocessingHandler
+from nvlm_deploy.serve.request_inputs import RequestError, ServingLimits
+
+from .conftest import LIMITS
+
+
+@pytest.fixture(scope="module")
+def handler(cpu_repo):
+    from nvlm_deploy.serve.pbutils import model_setup
+
+    config, params, root = model_setup({"model_config": _config_json(cpu_repo), "model_repository": str(cpu_repo / "preprocessing")})
+    return PreprocessingHandler.from_parameters(root, params)
+
+
+def _config_json(repo):
+    from google.protobuf import json_format
+
+    from nvlm_deploy.serve.template import parse_model_config
+
+    config = parse_model_config((repo / "preprocessing" / "config.pbtxt").read_text())
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+def request(prompt="What is it?", images=(), max_tokens=8):
+    out = {"QUERY": np.array([[prompt.encode()]], dtype=object), "REQUEST_OUTPUT_LEN": np.array([[max_tokens]], np.int32)}
+    if images:
+        from nvlm_deploy.client.tensors import image_arrays
+
+        out["IMAGE_BYTES"], out["IMAGE_BYTES_LENGTHS"] = image_arrays(images)
+    return out
+
+
+def test_text_only_has_no_tiles_and_default_end_id(handler):
+    out = handler.run(request())
+    assert out["INPUT_ID"].shape[0] == 1 and out["REQUEST_INPUT_LEN"][0, 0] == out["INPUT_ID"].shape[1]
+    assert out["PIXEL_VALUES"].shape == (1, 0, 3, 448, 448)
+    assert out["OUT_END_ID"][0, 0] == handler.tokenizer.eos_id and out["REQUEST_OUTPUT_LEN"][0, 0] == 8
+
+
+def test_images_become_tiles_and_slots_like_the_preprocessor(handler, images):
+    out = handler.run(request("<image> vs <image>", images))
+    want = handler.preprocessor.prepare("<image> vs <image>", images)
+    assert out["INPUT_ID"][0].tolist() == want.input_ids
+    np.testing.assert_array_equal(out["PIXEL_VALUES"][0], want.pixel_values)
+    assert max(want.tiles_per_image) <= LIMITS["max_tiles"] + 1
+
+
+@pytest.mark.parametrize("case, message", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(max_tokens=0), "max_tokens is 0"),
+    (dict(max_tokens=65), "between 1 and 64"),
+    (dict(prompt="red " * 3000), "max_input_len of 2048"),
+    (dict(images=[b"GIF89a broken"]), "image #1"),
+])
+def test_bad_requests_raise_request_errors(handler, case, message):
+    with pytest.raises(RequestError, match=message):
+        handler.run(request(**case))
+
+
+def test_too_many_images(handler, images):
+    with pytest.raises(RequestError, match="3 images, more than this repository's limit of 2"):
+        handler.run(request(images=images + images[:1]))
+
+
+def test_image_rows_are_cut_to_their_lengths():
+    data = np.array([[[1, 2, 3, 0], [4, 5, 6, 7]]], dtype=np.uint8)
+    assert rq.images(data, np.array([[3, 4]], np.int32)) == [b"\x01\x02\x03", b"\x04\x05\x06\x07"]
+    assert rq.images(data) == [b"\x01\x02\x03\x00", b"\x04\x05\x06\x07"]
+    with pytest.raises(RequestError, match="does not fit"):
+        rq.images(data, np.array([[5, 1]], np.int32))
+
+
+def test_limits_round_trip_through_parameters():
+    limits = ServingLimits(max_input_len=10, max_output_len=2, max_images=1, max_tiles=3, max_prompt_table_size=4)
+    assert ServingLimits.from_parameters(limits.as_parameters()) == limits

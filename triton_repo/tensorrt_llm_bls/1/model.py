@@ -1,0 +1,75 @@
+"""tensorrt_llm_bls: the main entry point (nvlm_deploy.serve.bls).
+
+Calls preprocessing, vision_encoder only when the request has images, tensorrt_llm (decoupled),
+and detokenizes incrementally so streamed chunks concatenate to exactly the whole text. Each
+request runs in its own thread, so concurrent requests reach tensorrt_llm together and batch.
+"""
+
+import threading
+
+import triton_python_backend_utils as pb_utils
+
+from nvlm_deploy.preprocess.tokenizer import Tokenizer
+from nvlm_deploy.serve import pbutils
+from nvlm_deploy.serve.bls import BlsHandler, make_decode
+from nvlm_deploy.serve.detokenize import byte_level_unfinished
+from nvlm_deploy.serve.request_inputs import RequestError
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config, params, root = pbutils.model_setup(args)
+        self.names = pbutils.input_names(config)
+        self.models = {k: params[f"{k}_model"] for k in ("preprocessing", "vision_encoder", "tensorrt_llm")}
+        assets = root / params["assets_dir"]
+        self.handler = BlsHandler(make_decode(Tokenizer.load(assets)), preprocess=self._preprocess, encode=self._encode,
+                                  generate=self._generate, unfinished=byte_level_unfinished(assets / "tokenizer.json"))
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self._serve, args=(request,), daemon=True).start()
+        return None
+
+    def _serve(self, request):
+        sender = request.get_response_sender()
+
+        def send(text, final):
+            out = pb_utils.Tensor("text_output", pbutils.text_tensor("text_output", text))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=FINAL if final else 0)
+
+        try:
+            self.handler.run(pbutils.request_inputs(pb_utils, request, self.names), send)
+        except RequestError as exc:
+            sender.send(pbutils.error_response(pb_utils, str(exc)), flags=FINAL)
+        except Exception as exc:  # a bug must fail this request with its message, never hang the stream
+            sender.send(pbutils.error_response(pb_utils, f"internal error: {type(exc).__name__}: {exc}"), flags=FINAL)
+
+    def _request(self, model, inputs, outputs):
+        return pb_utils.InferenceRequest(model_name=self.models[model], requested_output_names=outputs,
+                                         inputs=pbutils.tensors(pb_utils, inputs))
+
+    def _preprocess(self, inputs):
+        response = self._request("preprocessing", inputs, PRE_OUTPUTS).exec()
+        if response.has_error():
+            raise RequestError(response.error().message())
+        return pbutils.response_inputs(pb_utils, response, PRE_OUTPUTS)
+
+    def _encode(self, pixel_values):
+        response = self._request("vision_encoder", {"pixel_values": pixel_values},
+                                 ["prompt_embedding_table", "prompt_vocab_size"]).exec()
+        if response.has_error():
+            raise RequestError(response.error().message())
+        # the table stays a pb_utils.Tensor: a bf16 table has no numpy view
+        return (pb_utils.get_output_tensor_by_name(response, "prompt_embedding_table"),
+                pb_utils.get_output_tensor_by_name(response, "prompt_vocab_size").as_numpy())
+
+    def _generate(self, inputs):
+        for response in self._request("tensorrt_llm", inputs, ["output_ids"]).exec(decoupled=True):
+            if response.has_error():
+                raise RequestError(response.error().message())
+            ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
+            if ids is not None:
+                yield ids.as_numpy()
