@@ -6,8 +6,9 @@
 # Usage: scripts/quickstart.sh [MODEL_DIR] [IMAGE] [QUESTION]
 #   MODEL_DIR  HF NVLM-D checkpoint (default: the bundled demo model nvlm_deploy/demo/nvlm-d-demo;
 #              without it, a tiny random checkpoint is written with `nvlm-deploy tiny`)
-#   IMAGE      image file (default: the first bundled sample in nvlm_deploy/demo/samples/)
-#   QUESTION   default "What is in the picture?"
+#   IMAGE      image file (default: the bundled wide sample nvlm_deploy/demo/samples/striped_wide.png,
+#              which dynamic tiling cuts into 3 tiles + thumbnail)
+#   QUESTION   default "Which side has the striped square?" (a demo task answerable only through tiles)
 # Environment: WORK (output root, default engines/quickstart), DTYPE (fp32 default: exact on CPU),
 #   NVLM_DEPLOY (the CLI, default .venv/bin/nvlm-deploy or nvlm-deploy on PATH), MAX_TOKENS (default 32).
 set -euo pipefail
@@ -25,7 +26,7 @@ DTYPE="${DTYPE:-fp32}"
 MAX_TOKENS="${MAX_TOKENS:-32}"
 MODEL="${1:-nvlm_deploy/demo/nvlm-d-demo}"
 IMAGE="${2:-}"
-QUESTION="${3:-What is in the picture?}"
+QUESTION="${3:-Which side has the striped square?}"
 
 stage() { printf '\n==> [%s] %s\n' "$1" "$2"; }
 
@@ -38,7 +39,8 @@ if [[ ! -f "$MODEL/config.json" ]]; then
 fi
 echo "model: $MODEL"
 if [[ -z "$IMAGE" ]]; then
-  IMAGE="$(ls nvlm_deploy/demo/samples/*.{png,jpg,jpeg} 2>/dev/null | head -n 1 || true)"
+  IMAGE=nvlm_deploy/demo/samples/striped_wide.png
+  [[ -f "$IMAGE" ]] || IMAGE=""
   if [[ -z "$IMAGE" ]]; then
     IMAGE="$WORK/red-circle.png"
     mkdir -p "$WORK"
