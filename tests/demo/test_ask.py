@@ -8,11 +8,7 @@ from nvlm_deploy.demo.tasks import make_sample
 from nvlm_deploy.errors import DeployError
 
 
-SHAPE_SHORTFALL = pytest.mark.xfail(strict=True, reason="shipped demo checkpoint: shape task at 40 %, below 90 %")
-
-
-@pytest.mark.parametrize("sample", [pytest.param(s, marks=SHAPE_SHORTFALL) if s.task == "shape" else s
-                                    for s in SAMPLES], ids=lambda s: s.file)
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.file)
 def test_shipped_model_answers_the_bundled_samples(sample):
     expected = make_sample(sample.task, split="sample", seed=0, index=sample.index).answer
     assert ask(sample_question(sample_path(sample.file)), [sample_path(sample.file)]) == expected

@@ -46,10 +46,7 @@ def test_report_counts_accuracy_chance_and_errors():
     assert "| striped | 1/2 | 50.0 % | 41.7 % |" in markdown_table(result)
 
 
-# The shipped checkpoint misses the bar on `shape` (40 % on 300 images; TRAINING.md, "Known shortfall").
-# strict: once a retrained checkpoint passes, these xfails fail and must be removed.
-SHAPE_SHORTFALL = pytest.mark.xfail(strict=True, reason="shipped demo checkpoint: shape task at 40 %, below 90 %")
-BAR = [pytest.param(t, marks=SHAPE_SHORTFALL) if t == "shape" else t for t in TASKS]
+BAR = list(TASKS)
 
 
 @pytest.fixture(scope="module")
