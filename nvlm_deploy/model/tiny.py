@@ -76,13 +76,10 @@ def random_state_dict(config: NvlmConfig, *, seed: int = 0) -> dict[str, torch.T
 
 def _init(name: str, t: torch.Tensor, gen: torch.Generator, config: NvlmConfig) -> torch.Tensor:
     noise = torch.randn(t.shape, generator=gen)
-    if name.endswith((".ls1", ".ls2")):
+    if name.endswith((".ls1", ".ls2")):  # layer scales start at initializer_factor
         return config.vision.initializer_factor * (1 + 0.1 * noise)
-    if "norm" in name and name.endswith(".weight") or name.endswith("mlp1.0.weight"):
-        return 1 + 0.1 * noise
-    if name.endswith(".bias"):
-        return 0.02 * noise
-    return 0.02 * noise
+    is_norm_scale = ("norm" in name and name.endswith(".weight")) or name.endswith("mlp1.0.weight")
+    return 1 + 0.1 * noise if is_norm_scale else 0.02 * noise  # norms near 1; matrices and biases small
 
 
 def zero_dummy_heads(state: dict[str, torch.Tensor], config: NvlmConfig) -> None:

@@ -25,19 +25,17 @@ def input_names(config: dict) -> list[str]:
 
 def request_inputs(pb, request, names: list[str]) -> dict[str, np.ndarray | None]:
     """name -> numpy array (None when an optional input was not sent)."""
-    out = {}
-    for name in names:
-        tensor = pb.get_input_tensor_by_name(request, name)
-        out[name] = None if tensor is None else tensor.as_numpy()
-    return out
+    return _arrays(pb.get_input_tensor_by_name, request, names)
 
 
 def response_inputs(pb, response, names: list[str]) -> dict[str, np.ndarray | None]:
-    out = {}
-    for name in names:
-        tensor = pb.get_output_tensor_by_name(response, name)
-        out[name] = None if tensor is None else tensor.as_numpy()
-    return out
+    """A BLS response's outputs, name -> numpy array (None when absent)."""
+    return _arrays(pb.get_output_tensor_by_name, response, names)
+
+
+def _arrays(get, source, names: list[str]) -> dict[str, np.ndarray | None]:
+    tensors_by_name = {name: get(source, name) for name in names}
+    return {name: None if t is None else t.as_numpy() for name, t in tensors_by_name.items()}
 
 
 def tensors(pb, arrays: dict) -> list:
