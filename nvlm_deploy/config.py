@@ -2,7 +2,7 @@
 
 `NvlmConfig.from_hf` is the only place that reads a HF `config.json`. Structure that the config
 file does not state (dummy attention heads, projector width and biases, norm type) is read from the
-checkpoint's tensor shapes by `nvlm_deploy.model.checkpoint.detect_structure`, never from names.
+checkpoint's tensor shapes by `detect_structure` (below), never from names.
 """
 
 from __future__ import annotations
@@ -123,12 +123,6 @@ class NvlmConfig:
     def tokens_per_tile(self) -> int:
         return int(self.vision.num_patches * self.downsample_ratio**2)
 
-    @property
-    def max_tiles_per_image(self) -> int:
-        """Tiles of one image, thumbnail included."""
-        extra = 1 if self.use_thumbnail and self.max_dynamic_patch > 1 else 0
-        return self.max_dynamic_patch + extra
-
     @classmethod
     def from_hf(cls, model_dir: str | Path) -> "NvlmConfig":
         """Read `<model_dir>/config.json` (NVLM-D or InternVL-chat layout).
@@ -144,7 +138,7 @@ class NvlmConfig:
         except json.JSONDecodeError as exc:
             raise DeployError(f"{path} is not valid JSON ({exc}).") from None
         config = cls.from_hf_dict(raw, source=str(path))
-        from nvlm_deploy.model.checkpoint import CheckpointIndex, detect_structure
+        from nvlm_deploy.model.checkpoint import CheckpointIndex
 
         if CheckpointIndex.exists(model_dir):
             config = detect_structure(config, CheckpointIndex.open(model_dir))
@@ -245,3 +239,32 @@ def _check_geometry(config: NvlmConfig, source: str) -> None:
                           f"multiple of num_key_value_heads {llm.num_key_value_heads}.")
     if not math.isclose(1 / config.downsample_ratio**2, config.shuffle_factor):
         raise DeployError(f"{source}: downsample_ratio {config.downsample_ratio} must be 1/k for an integer k.")
+
+
+def detect_structure(config: NvlmConfig, index) -> NvlmConfig:
+    """Fill what the config file does not state from the tensor shapes (`index`: a CheckpointIndex).
+
+    Dummy heads: qkv rows = 3 * (real + dummy) * head_dim. Projector: width and biases from mlp1.
+    Norm type: LayerNorm has a bias, RMSNorm has none.
+    """
+    v = config.vision
+    layer0 = "vision_model.encoder.layers.0."
+    vision = v
+    if layer0 + "attn.qkv.weight" in index:
+        rows = index.shape(layer0 + "attn.qkv.weight")[0]
+        total_heads, rest = divmod(rows, 3 * v.head_dim)
+        if rest or total_heads < v.num_attention_heads:
+            raise DeployError(f"{index.root}: {layer0}attn.qkv.weight has {rows} rows, which is not "
+                              f"3 x heads x head_dim {v.head_dim} for at least {v.num_attention_heads} heads.")
+        vision = dataclasses.replace(
+            v,
+            num_dummy_heads=total_heads - v.num_attention_heads,
+            qkv_bias=layer0 + "attn.qkv.bias" in index,
+            qk_normalization=layer0 + "attn.q_norm.weight" in index,
+            norm_type="layer_norm" if layer0 + "norm1.bias" in index else "rms_norm",
+        )
+    projector = {}
+    if "mlp1.1.weight" in index:
+        projector = dict(projector_hidden_size=index.shape("mlp1.1.weight")[0],
+                         projector_bias="mlp1.1.bias" in index)
+    return dataclasses.replace(config, vision=vision, **projector)

@@ -31,7 +31,9 @@ def test_nvlm_d_72b_config_reads():
     assert c.tokens_per_tile == 256
     assert c.projector_hidden_size == 29568  # default: LLM intermediate (NVLM-D's mlp1)
     assert c.vision.head_dim == 128 and c.llm.head_dim == 128
-    assert c.max_tiles_per_image == 7
+    from nvlm_deploy.contracts.limits import DeploymentLimits
+
+    assert DeploymentLimits.for_model(c).max_tiles_per_image == 7  # tiles per image: contracts.limits
     assert c.extra["use_backbone_lora"] == 0
 
 

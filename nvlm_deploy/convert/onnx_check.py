@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nvlm_deploy.contracts.precision import Tolerance, precision
+from nvlm_deploy.contracts.vision_io import OUTPUT_NAME
 from nvlm_deploy.errors import DeployError
 
 if TYPE_CHECKING:
@@ -27,21 +29,8 @@ if TYPE_CHECKING:
 CHECK_TILES = (1, 3, 7)
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float  # on max|onnx - torch|
-    rtol: float  # on max|onnx - torch| / max|torch|
-
-
-# Same-dtype comparison (graph in dtype D vs torch in dtype D). fp32: accumulation order only, the
-# issue's bound of 1e-4. fp16 / bf16: rtol is about 5 units in the last place at the output's scale
-# (fp16 2^-10, bf16 2^-8): kernels round intermediates differently (the bf16 graph computes in fp32
-# on stored bf16 weights, torch rounds every activation to bf16).
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-5, rtol=1e-4),
-    "fp16": Tolerance(atol=1e-3, rtol=5e-3),
-    "bf16": Tolerance(atol=8e-3, rtol=2e-2),
-}
+# Same-dtype comparison (graph in precision P vs torch in P); tolerances are the precision
+# registry's (contracts.precision.Precision.tolerance).
 
 
 @dataclass(frozen=True)
@@ -112,12 +101,12 @@ def check_against_torch(onnx_path, reference: "torch.nn.Module", *, dtype: str,
     import torch
 
     from nvlm_deploy.progress import progress
-    from nvlm_deploy.runtime.vision import OUTPUT_NAME, OnnxVisionEncoder
+    from nvlm_deploy.runtime.vision import OnnxVisionEncoder
 
     start = time.perf_counter()
     encoder = OnnxVisionEncoder(onnx_path, threads=threads)
     param_dtype = next(reference.parameters()).dtype
-    tolerance = TOLERANCES[dtype]
+    tolerance = precision(dtype).tolerance
     rng = np.random.default_rng(seed)
     diffs = []
     for t in progress(tiles, desc="check ONNX Runtime vs torch", unit="run"):

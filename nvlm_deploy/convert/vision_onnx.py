@@ -22,15 +22,14 @@ from torch import nn
 
 from nvlm_deploy.config import NvlmConfig
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.runtime.vision import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from nvlm_deploy.contracts.precision import Precision, precision
+from nvlm_deploy.contracts.vision_io import EXTERNAL_DATA_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAME
 
 OPSET = 18
 EXAMPLE_TILES = 2  # dynamo specialises a dimension whose example size is 1
 PROTOBUF_LIMIT = 2 * 1024**3  # weights above this go to external data
-EXTERNAL_DATA_FILE = ONNX_FILE + ".data"
 FOLD_SIZE_LIMIT = 16 * 1024**2  # never fold into constants larger than this (no weight copies)
 VISION_PREFIXES = ("vision_model.", "mlp1.")
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class VisionEncoder(nn.Module):
@@ -58,10 +57,10 @@ def load_vision_encoder(model_dir: str | Path, *, dtype: str = "bf16") -> Vision
 
     Args:
         model_dir: HF checkpoint directory.
-        dtype: "fp32" | "fp16" | "bf16".
+        dtype: a precision name ("fp32" | "fp16" | "bf16").
     """
     from nvlm_deploy.model.checkpoint import CheckpointIndex, check_names
-    from nvlm_deploy.model.nvlm import NvlmModel, torch_dtype
+    from nvlm_deploy.model.nvlm import NvlmModel
 
     config = NvlmConfig.from_hf(model_dir)
     index = CheckpointIndex.open(model_dir)
@@ -74,7 +73,7 @@ def load_vision_encoder(model_dir: str | Path, *, dtype: str = "bf16") -> Vision
     encoder = VisionEncoder(config, full.vision_model, full.mlp1)
     del full
     check_names(expected=encoder.state_dict().keys(), found=found, where=str(model_dir))
-    target = torch_dtype(DTYPE_NAMES[dtype])
+    target = precision(dtype).torch_dtype()
     state = {name: index.get(name).to(target) for name in found}
     encoder.load_state_dict(state, assign=True)
     return encoder.eval()
@@ -204,45 +203,42 @@ def bf16_storage(model):
     return model
 
 
-def export_vision_onnx(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "bf16",
-                       max_tiles: int | None = None, force: bool = False,
-                       check_tiles: tuple[int, ...] | None = None) -> Path:
+def export_vision_onnx(model_dir: str | Path, out_dir: str | Path, *, dtype: str | Precision = "bf16",
+                       force: bool = False, check_tiles: tuple[int, ...] | None = None) -> Path:
     """Write `<out_dir>/onnx/` (vision_encoder.onnx [+ .data], manifest.json) and check it against torch.
+
+    The graph takes any T >= 1; the engine's tile profile comes from the target's limits.
 
     Args:
         model_dir: HF NVLM-D checkpoint directory.
         out_dir: the target directory; this stage owns its `onnx/` subdirectory.
-        dtype: "bf16" | "fp16" | "fp32": weights and I/O of the graph.
-        max_tiles: tiles of one image (thumbnail included); None means the config's. Recorded for the
-            engine build's profile; the graph itself takes any T >= 1.
+        dtype: precision of the graph's weights and I/O ("bf16" | "fp16" | "fp32").
         force: replace an existing `<out_dir>/onnx`.
         check_tiles: tile counts of the self-check; None means onnx_check.CHECK_TILES.
     Returns:
         the `onnx/` directory.
     """
-    from nvlm_deploy.artifacts import atomic_output_dir, input_hashes, write_manifest
+    from nvlm_deploy.artifacts import atomic_output_dir, input_hashes
+    from nvlm_deploy.contracts.manifest import OnnxManifest, tool_versions, write_manifest
+    from nvlm_deploy.contracts.target import Target
     from nvlm_deploy.convert.onnx_check import CHECK_TILES, check_against_torch, require_passed
 
-    if dtype not in DTYPE_NAMES:
-        raise DeployError(f"--dtype {dtype!r} is not one of {sorted(DTYPE_NAMES)}.")
-    if max_tiles is not None and max_tiles < 1:
-        raise DeployError(f"--max-tiles {max_tiles}: an image has at least 1 tile; pass a positive number "
-                          "(NVLM-D: 7 = 6 tiles + thumbnail).")
-    stage_dir = Path(out_dir) / "onnx"
-    with atomic_output_dir(stage_dir, force=force) as tmp:
-        encoder = load_vision_encoder(model_dir, dtype=dtype)
-        facts = write_graph(encoder, tmp / ONNX_FILE, dtype=dtype)
-        report = require_passed(check_against_torch(tmp / ONNX_FILE, encoder, dtype=dtype,
+    prec = precision(dtype)
+    config = NvlmConfig.from_hf(model_dir)
+    target = Target(out_dir)
+    target.settle_limits(config, model_dir=model_dir, choices={})
+    with atomic_output_dir(target.dir("onnx"), force=force) as tmp:
+        encoder = load_vision_encoder(model_dir, dtype=prec.name)
+        facts = write_graph(encoder, tmp / ONNX_FILE, dtype=prec.name)
+        report = require_passed(check_against_torch(tmp / ONNX_FILE, encoder, dtype=prec.name,
                                                     tiles=check_tiles or CHECK_TILES), where=str(model_dir))
-        write_manifest(
-            tmp, stage="onnx",
-            settings={"dtype": dtype, "max_tiles": max_tiles or encoder.config.max_tiles_per_image, "opset": OPSET,
-                      "exporter": "torch.onnx.export(dynamo=True)", "compute": _COMPUTE[dtype]},
-            inputs={"model_dir": str(Path(model_dir).resolve()), **input_hashes(model_dir)},
-            tools=("torch", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon"),
-            extra={"io": io_spec(encoder.config, dtype), **facts, "check": report.as_dict()},
-        )
-    return stage_dir
+        write_manifest(tmp, OnnxManifest(
+            model_dir=str(Path(model_dir).resolve()), input_hashes=input_hashes(model_dir), precision=prec.name,
+            image_size=config.image_size, tokens_per_tile=config.tokens_per_tile, hidden_size=config.llm.hidden_size,
+            opset=OPSET, exporter="torch.onnx.export(dynamo=True)", compute=_COMPUTE[prec.name],
+            check=report.as_dict(), tools=tool_versions("torch", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon"),
+            **facts))
+    return target.dir("onnx")
 
 
 def write_graph(encoder: VisionEncoder, path: Path, *, dtype: str) -> dict:
@@ -261,20 +257,10 @@ def write_graph(encoder: VisionEncoder, path: Path, *, dtype: str) -> dict:
     del model
     compat = require_trt_compatible(path)  # the saved graph, without its external data
     return {
-        "files": {"onnx": path.name, "external_data": EXTERNAL_DATA_FILE if external else None},
+        "onnx_file": path.name, "external_data_file": EXTERNAL_DATA_FILE if external else None,
         "weight_bytes": n_bytes, "nodes": n_nodes, "export_seconds": round(time.perf_counter() - start, 2),
         "tensorrt_onnx_ops": {"tensorrt": compat.tensorrt_version, "source": SOURCE_URL, "ops": compat.op_counts},
     }
 
 
 _COMPUTE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16 weights and I/O, fp32 math behind Cast nodes"}
-
-
-def io_spec(config: NvlmConfig, dtype: str) -> dict:
-    """The graph's I/O as the manifest and the engine config state it ("num_tiles" is dynamic)."""
-    size = config.image_size
-    return {
-        "inputs": [{"name": INPUT_NAME, "dtype": DTYPE_NAMES[dtype], "shape": ["num_tiles", 3, size, size]}],
-        "outputs": [{"name": OUTPUT_NAME, "dtype": DTYPE_NAMES[dtype],
-                     "shape": ["num_tiles", config.tokens_per_tile, config.llm.hidden_size]}],
-    }

@@ -32,7 +32,7 @@ class Scored:
     chance: float  # 1 / number of answers possible for this image
 
 
-def load_for_eval(model_dir: str | Path, *, ablate_tiles: bool = False, dtype: str = "float32"):
+def load_for_eval(model_dir: str | Path, *, ablate_tiles: bool = False, dtype: str = "fp32"):
     """(model, preprocessor) of a checkpoint; `ablate_tiles` limits every image to one tile."""
     from nvlm_deploy.model.nvlm import NvlmModel
     from nvlm_deploy.preprocess.request import Preprocessor

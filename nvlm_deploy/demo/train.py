@@ -177,7 +177,7 @@ def build_model(settings: TrainSettings, config=None):
     from nvlm_deploy.model.tiny import preset_config, random_state_dict
 
     if settings.init:
-        return NvlmModel.from_pretrained(settings.init, dtype="float32")
+        return NvlmModel.from_pretrained(settings.init, dtype="fp32")
     config = config or preset_config(settings.preset)
     model = NvlmModel(config)
     model.load_state_dict(random_state_dict(config, seed=settings.seed))

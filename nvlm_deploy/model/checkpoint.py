@@ -6,7 +6,6 @@ Tensors are read one at a time through `safe_open` (memory-mapped), so callers c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -16,8 +15,6 @@ from nvlm_deploy.errors import DeployError
 
 if TYPE_CHECKING:
     import torch
-
-    from nvlm_deploy.config import NvlmConfig
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -110,35 +107,6 @@ class CheckpointIndex:
         for d in self.shape(name):
             n *= d
         return n * sizes.get(self.dtype_name(name), 4)
-
-
-def detect_structure(config: "NvlmConfig", index: CheckpointIndex) -> "NvlmConfig":
-    """Fill what the config file does not state from the tensor shapes.
-
-    Dummy heads: qkv rows = 3 * (real + dummy) * head_dim. Projector: width and biases from mlp1.
-    Norm type: LayerNorm has a bias, RMSNorm has none.
-    """
-    v = config.vision
-    layer0 = "vision_model.encoder.layers.0."
-    vision = v
-    if layer0 + "attn.qkv.weight" in index:
-        rows = index.shape(layer0 + "attn.qkv.weight")[0]
-        total_heads, rest = divmod(rows, 3 * v.head_dim)
-        if rest or total_heads < v.num_attention_heads:
-            raise DeployError(f"{index.root}: {layer0}attn.qkv.weight has {rows} rows, which is not "
-                              f"3 x heads x head_dim {v.head_dim} for at least {v.num_attention_heads} heads.")
-        vision = dataclasses.replace(
-            v,
-            num_dummy_heads=total_heads - v.num_attention_heads,
-            qkv_bias=layer0 + "attn.qkv.bias" in index,
-            qk_normalization=layer0 + "attn.q_norm.weight" in index,
-            norm_type="layer_norm" if layer0 + "norm1.bias" in index else "rms_norm",
-        )
-    projector = {}
-    if "mlp1.1.weight" in index:
-        projector = dict(projector_hidden_size=index.shape("mlp1.1.weight")[0],
-                         projector_bias="mlp1.1.bias" in index)
-    return dataclasses.replace(config, vision=vision, **projector)
 
 
 def check_names(*, expected: Iterable[str], found: Iterable[str], where: str) -> None:

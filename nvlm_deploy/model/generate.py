@@ -63,13 +63,13 @@ class ReferencePipeline:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, *, dtype: str = "float32",
+    def from_model_dir(cls, model_dir: str | Path, *, dtype: str = "fp32",
                        **preprocessor_kwargs) -> "ReferencePipeline":
         """Load model, tokenizer and preprocessing of a HF NVLM-D checkpoint directory.
 
         Args:
             model_dir: the checkpoint.
-            dtype: compute dtype of the model ("float32" default; "bf16" as NVLM-D ships).
+            dtype: compute dtype of the model (a precision name: "fp32" default; "bf16" as NVLM-D ships).
             preprocessor_kwargs: Preprocessor options (max_tiles, max_pixels, max_images, system_message).
         """
         from nvlm_deploy.preprocess.request import Preprocessor

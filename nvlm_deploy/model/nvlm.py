@@ -18,16 +18,18 @@ from nvlm_deploy.model.checkpoint import CheckpointIndex, check_names
 from nvlm_deploy.model.internvit import InternVisionModel
 from nvlm_deploy.model.projector import Projector, pixel_shuffle
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise DeployError(f"dtype {name!r} is not one of {sorted(DTYPES)}.")
-    return DTYPES[name]
+    """A precision name (contracts.precision) as a torch dtype; a torch dtype passes through."""
+    from nvlm_deploy.contracts.precision import precision
+
+    return name if isinstance(name, torch.dtype) else precision(name).torch_dtype()
+
+
+def hf_torch_dtype(name: str) -> torch.dtype:
+    """The HF config's `torch_dtype` ("bfloat16", ...) as a torch dtype (contracts.precision)."""
+    from nvlm_deploy.contracts.precision import from_torch_name
+
+    return from_torch_name(name).torch_dtype()
 
 
 def qwen2_config(llm: LlmConfig):
@@ -108,7 +110,7 @@ class NvlmModel(nn.Module):
         """
         config = NvlmConfig.from_hf(model_dir)
         index = CheckpointIndex.open(model_dir)
-        dtype = torch_dtype(dtype or config.torch_dtype)
+        dtype = torch_dtype(dtype) if dtype else hf_torch_dtype(config.torch_dtype)
         with torch.device("meta"):
             model = cls(config)
         expected = set(model.state_dict())

@@ -19,7 +19,9 @@ import torch
 
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.runtime.sampling import SamplingParams, sample_next
-from nvlm_deploy.runtime.trtllm_checkpoint import TrtllmDecoderConfig, load_trtllm_checkpoint
+from nvlm_deploy.trtllm import names
+from nvlm_deploy.trtllm.config import TrtllmConfig
+from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
 
 
 @dataclass
@@ -64,7 +66,7 @@ class RotaryEmbedding:
 
 
 class TrtllmCheckpointRuntime:
-    def __init__(self, config: TrtllmDecoderConfig, weights: dict[str, torch.Tensor], *, dtype: torch.dtype):
+    def __init__(self, config: TrtllmConfig, weights: dict[str, torch.Tensor], *, dtype: torch.dtype):
         self.config, self.w, self.dtype = config, weights, dtype
         self.rope = RotaryEmbedding(config.head_size, config.rotary_base)
 
@@ -74,12 +76,16 @@ class TrtllmCheckpointRuntime:
 
         Args:
             checkpoint_dir: a trtllm_checkpoint/ directory.
-            dtype: compute dtype; None means float32 (exact on CPU; the checkpoint's values are kept).
+            dtype: compute precision name (or torch dtype); None means fp32 (exact on CPU; the
+                checkpoint's values are kept).
         """
-        from nvlm_deploy.model.nvlm import torch_dtype
+        from nvlm_deploy.contracts.precision import COMPUTE, precision
 
-        dtype = torch_dtype(dtype or "float32")
+        dtype = dtype if isinstance(dtype, torch.dtype) else precision(dtype or COMPUTE).torch_dtype()
         config, weights = load_trtllm_checkpoint(checkpoint_dir, dtype=dtype)
+        if config.rotary_scaling is not None:
+            raise DeployError(f"{checkpoint_dir}: rotary_scaling {config.rotary_scaling} is not supported by the "
+                              "CPU runtime, which implements plain RoPE (rotary_scaling null).")
         return cls(config, weights, dtype=dtype)
 
     @property
@@ -95,55 +101,55 @@ class TrtllmCheckpointRuntime:
     def embed(self, ids: torch.Tensor, prompt_table: torch.Tensor | None) -> torch.Tensor:
         """ids [B, L] -> [B, L, hidden]; ids >= vocab_size take prompt_table rows."""
         is_prompt = ids >= self.vocab_size
-        out = self.w["transformer.vocab_embedding.weight"][torch.where(is_prompt, 0, ids)]
+        out = self.w[names.VOCAB_EMBEDDING][torch.where(is_prompt, 0, ids)]
         if is_prompt.any():
             out[is_prompt] = prompt_table[ids[is_prompt] - self.vocab_size].to(out.dtype)
         return out
 
     def _attention(self, x, i, positions, cache):
         """x [B, L, hidden]; writes k/v at `positions` into cache[i]; each query sees cache rows <= its position."""
-        c, p = self.config, f"transformer.layers.{i}.attention."
+        c = self.config
+        heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
         b, n, _ = x.shape
-        qkv = torch.nn.functional.linear(x, self.w[p + "qkv.weight"], self.w.get(p + "qkv.bias"))
-        q, k, v = qkv.split([c.num_heads * c.head_size, c.num_kv_heads * c.head_size,
-                             c.num_kv_heads * c.head_size], dim=-1)
-        q = self.rope(q.view(b, n, c.num_heads, c.head_size).transpose(1, 2), positions)  # [B, H, L, D]
-        k = self.rope(k.view(b, n, c.num_kv_heads, c.head_size).transpose(1, 2), positions)
-        v = v.view(b, n, c.num_kv_heads, c.head_size).transpose(1, 2)
+        qkv = torch.nn.functional.linear(x, self.w[names.layer_tensor(i, names.QKV_WEIGHT)],
+                                         self.w.get(names.layer_tensor(i, names.QKV_BIAS)))
+        q, k, v = qkv.split([heads * c.head_size, kv_heads * c.head_size, kv_heads * c.head_size], dim=-1)
+        q = self.rope(q.view(b, n, heads, c.head_size).transpose(1, 2), positions)  # [B, H, L, D]
+        k = self.rope(k.view(b, n, kv_heads, c.head_size).transpose(1, 2), positions)
+        v = v.view(b, n, kv_heads, c.head_size).transpose(1, 2)
         keys, values = cache[i]
         rows = torch.arange(b)[:, None]
         keys[rows, :, positions] = k.transpose(1, 2)  # [B, L, Hkv, D] into [B, Hkv, Lmax, D]
         values[rows, :, positions] = v.transpose(1, 2)
-        reps = c.num_heads // c.num_kv_heads
+        reps = heads // kv_heads
         kk, vv = keys.repeat_interleave(reps, dim=1), values.repeat_interleave(reps, dim=1)
         scores = (q @ kk.transpose(-1, -2)).float() / c.head_size**0.5  # [B, H, L, Lmax]
         visible = torch.arange(keys.shape[2])[None, None, :] <= positions[:, :, None]  # [B, L, Lmax]
         scores = scores.masked_fill(~visible[:, None], float("-inf"))
         out = torch.softmax(scores, dim=-1).to(x.dtype) @ vv  # [B, H, L, D]
-        out = out.transpose(1, 2).reshape(b, n, c.num_heads * c.head_size)
-        return torch.nn.functional.linear(out, self.w[p + "dense.weight"])
+        out = out.transpose(1, 2).reshape(b, n, heads * c.head_size)
+        return torch.nn.functional.linear(out, self.w[names.layer_tensor(i, names.DENSE)])
 
     def _mlp(self, x, i):
-        p = f"transformer.layers.{i}.mlp."
-        act = torch.nn.functional.silu(torch.nn.functional.linear(x, self.w[p + "fc.weight"]))
-        return torch.nn.functional.linear(act * torch.nn.functional.linear(x, self.w[p + "gate.weight"]),
-                                          self.w[p + "proj.weight"])
+        w = {suffix: self.w[names.layer_tensor(i, suffix)] for suffix in (names.MLP_FC, names.MLP_GATE, names.MLP_PROJ)}
+        act = torch.nn.functional.silu(torch.nn.functional.linear(x, w[names.MLP_FC]))  # fc = gate_proj
+        return torch.nn.functional.linear(act * torch.nn.functional.linear(x, w[names.MLP_GATE]), w[names.MLP_PROJ])
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Embeddings [B, L, hidden] at positions [B, L] -> last-position logits [B, vocab] (float32)."""
         eps = self.config.norm_epsilon
-        for i in range(self.config.num_layers):
-            p = f"transformer.layers.{i}."
-            h = h + self._attention(rms_norm(h, self.w[p + "input_layernorm.weight"], eps), i, positions, cache)
-            h = h + self._mlp(rms_norm(h, self.w[p + "post_layernorm.weight"], eps), i)
-        h = rms_norm(h[:, -1], self.w["transformer.ln_f.weight"], eps)
-        return torch.nn.functional.linear(h, self.w["lm_head.weight"]).float()
+        for i in range(self.config.num_hidden_layers):
+            norm1, norm2 = (self.w[names.layer_tensor(i, s)] for s in (names.INPUT_LAYERNORM, names.POST_LAYERNORM))
+            h = h + self._attention(rms_norm(h, norm1, eps), i, positions, cache)
+            h = h + self._mlp(rms_norm(h, norm2, eps), i)
+        h = rms_norm(h[:, -1], self.w[names.LN_F], eps)
+        return torch.nn.functional.linear(h, self.w[names.LM_HEAD]).float()
 
     def new_cache(self, batch: int, max_len: int):
         c = self.config
-        shape = (batch, c.num_kv_heads, max_len, c.head_size)
+        shape = (batch, c.num_key_value_heads, max_len, c.head_size)
         return [(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype))
-                for _ in range(c.num_layers)]
+                for _ in range(c.num_hidden_layers)]
 
     # ---- generation ----
 

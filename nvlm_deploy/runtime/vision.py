@@ -12,15 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nvlm_deploy.contracts.precision import from_onnx_runtime, precision
+from nvlm_deploy.contracts.vision_io import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
 from nvlm_deploy.errors import DeployError
 
-ONNX_FILE = "vision_encoder.onnx"
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "image_embeddings"
-
 # ONNX Runtime element type string -> numpy dtype used at the boundary (bf16: see module docstring)
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": None}
-_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
+_BFLOAT16 = precision("bf16").onnx  # onnx.TensorProto.BFLOAT16
 
 
 def resolve_onnx_path(path: str | Path) -> Path:
@@ -60,7 +57,7 @@ class OnnxVisionEncoder:
 
     @property
     def dtype(self) -> str:
-        return {"tensor(float)": "fp32", "tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}[self.input_type]
+        return from_onnx_runtime(self.input_type).name
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         """Run the graph on `pixel_values` [T, 3, S, S] (float32); returns float32 [T, tokens, hidden]."""
@@ -73,7 +70,7 @@ class OnnxVisionEncoder:
 
         feed = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_to_bf16_bits(x), _BFLOAT16) \
             if self.input_type == "tensor(bfloat16)" else \
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, dtype=_ORT_TYPES[self.input_type]))
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, dtype=from_onnx_runtime(self.input_type).numpy_dtype()))
         (out,) = self.session.run_with_ort_values([OUTPUT_NAME], {INPUT_NAME: feed})
         if self.output_type == "tensor(bfloat16)":
             return _bf16_bits_to_float32(_ort_words(out))

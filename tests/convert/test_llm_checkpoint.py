@@ -9,7 +9,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from nvlm_deploy.cli import main
-from nvlm_deploy.convert.llm_checkpoint import SafetensorsWriter, convert_llm_checkpoint, trtllm_config
+from nvlm_deploy.contracts.precision import precision
+from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
+from nvlm_deploy.trtllm.config import TrtllmConfig
+from nvlm_deploy.trtllm.safetensors_io import SafetensorsWriter
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.model.checkpoint import CheckpointIndex
 
@@ -65,13 +68,14 @@ def test_values_are_the_hf_tensors_renamed_and_fused(tiny_checkpoint, tmp_path):
 
 
 def test_manifest_records_settings_and_source_hashes(tp2pp2, tiny_checkpoint):
-    manifest = json.loads((tp2pp2 / "manifest.json").read_text())
-    assert manifest["stage"] == "trtllm_checkpoint"
-    settings = manifest["settings"]
-    assert (settings["tp"], settings["pp"], settings["dtype"]) == (2, 2, "bf16")
-    assert "model.safetensors.index.json" in manifest["inputs"]["files"]
-    assert manifest["ranks"]["rank2"] == {"tp_rank": 0, "pp_rank": 1, "layers": [1, 2]}
-    assert "transformer.layers.0.attention.qkv.weight" in manifest["self_check"]["merged_equal_to_source"]
+    from nvlm_deploy.contracts.target import Target
+
+    assert json.loads((tp2pp2 / "manifest.json").read_text())["stage"] == "trtllm_checkpoint"
+    manifest = Target.of(tp2pp2, stage="trtllm_checkpoint").manifest("trtllm_checkpoint")
+    assert (manifest.tp, manifest.pp, manifest.precision) == (2, 2, "bf16")
+    assert "model.safetensors.index.json" in manifest.input_hashes
+    assert manifest.ranks["rank2"] == {"tp_rank": 0, "pp_rank": 1, "layers": [1, 2]}
+    assert "transformer.layers.0.attention.qkv.weight" in manifest.self_check
 
 
 def test_streaming_writer_matches_safetensors_reader(tmp_path):
@@ -162,5 +166,7 @@ def test_config_dtype_names():
 
     llm = LlmConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=100)
-    assert trtllm_config(llm, tp=1, pp=1, dtype="fp16")["dtype"] == "float16"
-    assert trtllm_config(llm, tp=1, pp=1, dtype="bf16")["head_size"] == 16
+    assert TrtllmConfig.from_llm(llm, tp=1, pp=1, precision=precision("fp16")).as_dict()["dtype"] == "float16"
+    config = TrtllmConfig.from_llm(llm, tp=2, pp=1, precision=precision("bf16"))
+    assert config.head_size == 16 and config.as_dict()["mapping"]["tp_size"] == 2
+    assert config.as_dict()["quantization"]["quant_algo"] is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from nvlm_deploy.contracts.precision import precision
 from nvlm_deploy.convert import onnx_check, vision_onnx
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.runtime.vision import OnnxVisionEncoder
@@ -81,7 +82,7 @@ def test_half_graphs_within_their_tolerance(export, dtype, elem):
     target = export(dtype)
     info = manifest(target)
     check = info["check"]
-    tol = onnx_check.TOLERANCES[dtype]
+    tol = precision(dtype).tolerance
     assert check["passed"] and [d["tiles"] for d in check["diffs"]] == [1, 3, 7]
     for d in check["diffs"]:
         assert d["max_abs"] <= tol.atol or d["max_rel"] <= tol.rtol, d
@@ -91,7 +92,7 @@ def test_half_graphs_within_their_tolerance(export, dtype, elem):
     assert model.graph.output[0].type.tensor_type.elem_type == elem
     big = [t for t in model.graph.initializer if np.prod(t.dims) >= 1024]
     assert big and all(t.data_type == elem for t in big)  # weights stored in the model dtype
-    assert info["io"]["inputs"][0]["dtype"] == vision_onnx.DTYPE_NAMES[dtype]
+    assert info["precision"] == dtype and info["tokens_per_tile"] == 256
 
 
 def test_external_data_and_large_weights_kept_out_of_folding(tiny_checkpoint, tmp_path):
@@ -114,7 +115,7 @@ def test_external_data_and_large_weights_kept_out_of_folding(tiny_checkpoint, tm
 
 
 def test_shape_mismatch_and_excess_error_are_errors():
-    tol = onnx_check.TOLERANCES["fp32"]
+    tol = precision("fp32").tolerance
     with pytest.raises(DeployError, match="shape"):
         onnx_check.compare_output(np.zeros((1, 4, 2)), np.zeros((1, 4, 3)), tiles=1, output="y", tolerance=tol)
     bad = onnx_check.compare_output(np.ones((1, 4)), np.full((1, 4), 0.5), tiles=1, output="y", tolerance=tol)
@@ -141,9 +142,12 @@ def test_checkpoint_without_vision_weights(tiny_checkpoint, tmp_path):
 def test_bad_max_tiles_and_dtype(tiny_checkpoint, tmp_path, capsys):
     from nvlm_deploy.cli import main
 
-    rc = main(["convert", "vision", "--model", str(tiny_checkpoint), "--out", str(tmp_path), "--max-tiles", "0"])
-    assert rc == 1 and "--max-tiles 0" in capsys.readouterr().err
-    with pytest.raises(DeployError, match="--dtype 'int8'"):
+    rc = main(["convert", "vision", "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+               "--max-tiles-before-thumbnail", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "max_tiles_before_thumbnail must be a positive integer, got 0" in err
+    assert "--max-tiles-before-thumbnail" in err and not (tmp_path / "manifest.json").exists()
+    with pytest.raises(DeployError, match="precision 'int8'"):
         vision_onnx.export_vision_onnx(tiny_checkpoint, tmp_path, dtype="int8")
     assert not (tmp_path / "onnx").exists()
 
@@ -164,10 +168,12 @@ def test_existing_output_needs_force(export, tiny_checkpoint, capsys):
         vision_onnx.export_vision_onnx(tiny_checkpoint, target, dtype="fp32")
     assert manifest(target)["created"] == before
     rc = main(["convert", "vision", "--model", str(tiny_checkpoint), "--out", str(target), "--dtype", "fp32",
-               "--max-tiles", "4", "--force"])
+               "--max-tiles-before-thumbnail", "4", "--force"])
     out = capsys.readouterr().out
     assert rc == 0 and "image_embeddings" in out and "vision_encoder.onnx" in out
-    assert manifest(target)["settings"]["max_tiles"] == 4
+    assert "4 + thumbnail" in out  # the target's limits, stated
+    limits = json.loads((target / "manifest.json").read_text())["limits"]
+    assert limits["max_tiles_before_thumbnail"] == 4 and limits["derived"]["max_tiles_per_image"] == 5
 
 
 def test_folder_named_triton_on_path_is_reported(tmp_path, monkeypatch):

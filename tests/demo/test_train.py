@@ -94,7 +94,7 @@ def test_checkpoint_has_the_nvlm_d_layout_and_loads(trained):
     for name in ("model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "TRAINING.md"):
         assert (out / name).is_file(), name
     assert settings.command(out) in (out / "TRAINING.md").read_text()
-    model = NvlmModel.from_pretrained(out, dtype="float32")
+    model = NvlmModel.from_pretrained(out, dtype="fp32")
     pre = Preprocessor.from_model_dir(out)
     prepared = pre.prepare("What color is the shape?", [make_sample("color", split="eval", seed=0, index=0).image])
     feats = model.extract_feature(torch.from_numpy(prepared.pixel_values))

@@ -30,7 +30,7 @@ def test_loaded_and_saved_again_gives_identical_logits(tiny_checkpoint, tiny_mod
                     max_shard_bytes=300_000)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_checkpoint / name, out / name)
-    again = NvlmModel.from_pretrained(out, dtype="float32")
+    again = NvlmModel.from_pretrained(out, dtype="fp32")
     ids = torch.tensor([[5, 17, 300, 1030, 1031, 42]])
     table = torch.randn(2, 128)
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_corrupt_shard_is_named(ckpt_copy):
     shard = sorted(ckpt_copy.glob("model-*.safetensors"))[0]
     shard.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(DeployError, match=f"{shard.name}.*not a readable safetensors"):
-        NvlmModel.from_pretrained(ckpt_copy, dtype="float32")
+        NvlmModel.from_pretrained(ckpt_copy, dtype="fp32")
 
 
 def test_missing_and_unexpected_tensors_reported_by_name(ckpt_copy):
@@ -66,7 +66,7 @@ def test_missing_and_unexpected_tensors_reported_by_name(ckpt_copy):
     wm["vision_model.extra.weight"] = wm.pop("mlp1.3.weight")
     (ckpt_copy / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(DeployError) as err:
-        NvlmModel.from_pretrained(ckpt_copy, dtype="float32")
+        NvlmModel.from_pretrained(ckpt_copy, dtype="fp32")
     assert "Missing (1): mlp1.3.weight" in str(err.value)
     assert "Unexpected (1): vision_model.extra.weight" in str(err.value)
 
@@ -116,7 +116,7 @@ def test_internvl_style_checkpoint_loads_with_biases_and_layernorm(tmp_path):
     loaded = NvlmConfig.from_hf(tmp_path / "internvl")
     assert (loaded.vision.num_dummy_heads, loaded.vision.qkv_bias, loaded.vision.norm_type) == (0, True, "layer_norm")
     assert (loaded.projector_hidden_size, loaded.projector_bias) == (128, True)
-    model = NvlmModel.from_pretrained(tmp_path / "internvl", dtype="float32")
+    model = NvlmModel.from_pretrained(tmp_path / "internvl", dtype="fp32")
     assert isinstance(model.vision_model.encoder.layers[0].norm1, torch.nn.LayerNorm)
     with torch.no_grad():
         assert model.extract_feature(torch.randn(1, 3, 448, 448)).shape == (1, 256, 128)

@@ -9,7 +9,7 @@ from nvlm_deploy.errors import DeployError
 from nvlm_deploy.model.generate import greedy_generate
 from nvlm_deploy.runtime.decoder import GenerationRequest, TrtllmCheckpointRuntime
 from nvlm_deploy.runtime.sampling import SamplingParams, filter_top_k, filter_top_p, sample_next
-from nvlm_deploy.runtime.trtllm_checkpoint import load_trtllm_checkpoint
+from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
 
 LAYOUTS = [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2)]
 

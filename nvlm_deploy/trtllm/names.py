@@ -23,28 +23,44 @@ from nvlm_deploy.errors import DeployError
 
 HF_PREFIX = "language_model."
 
+# TensorRT-LLM tensor names. Global tensors:
+VOCAB_EMBEDDING = "transformer.vocab_embedding.weight"
+LN_F = "transformer.ln_f.weight"
+LM_HEAD = "lm_head.weight"
+# ... and per-layer suffixes under `transformer.layers.{i}.`:
+QKV_WEIGHT, QKV_BIAS, DENSE = "attention.qkv.weight", "attention.qkv.bias", "attention.dense.weight"
+MLP_FC, MLP_GATE, MLP_PROJ = "mlp.fc.weight", "mlp.gate.weight", "mlp.proj.weight"  # fc = gate_proj (SiLU)
+INPUT_LAYERNORM, POST_LAYERNORM = "input_layernorm.weight", "post_layernorm.weight"
+
 # HF name (after `language_model.`) -> (TensorRT-LLM name, split kind). Not per layer.
 GLOBAL_NAMES: dict[str, tuple[str, str]] = {
-    "model.embed_tokens.weight": ("transformer.vocab_embedding.weight", "replicate"),
-    "model.norm.weight": ("transformer.ln_f.weight", "replicate"),
-    "lm_head.weight": ("lm_head.weight", "vocab"),
+    "model.embed_tokens.weight": (VOCAB_EMBEDDING, "replicate"),
+    "model.norm.weight": (LN_F, "replicate"),
+    "lm_head.weight": (LM_HEAD, "vocab"),
 }
 
 # HF suffix under `model.layers.{i}.` -> (suffix under `transformer.layers.{i}.`, split kind).
 LAYER_NAMES: dict[str, tuple[str, str]] = {
-    "self_attn.q_proj.weight": ("attention.qkv.weight", "qkv"),
-    "self_attn.k_proj.weight": ("attention.qkv.weight", "qkv"),
-    "self_attn.v_proj.weight": ("attention.qkv.weight", "qkv"),
-    "self_attn.q_proj.bias": ("attention.qkv.bias", "qkv"),
-    "self_attn.k_proj.bias": ("attention.qkv.bias", "qkv"),
-    "self_attn.v_proj.bias": ("attention.qkv.bias", "qkv"),
-    "self_attn.o_proj.weight": ("attention.dense.weight", "row"),
-    "mlp.gate_proj.weight": ("mlp.fc.weight", "column"),
-    "mlp.up_proj.weight": ("mlp.gate.weight", "column"),
-    "mlp.down_proj.weight": ("mlp.proj.weight", "row"),
-    "input_layernorm.weight": ("input_layernorm.weight", "replicate"),
-    "post_attention_layernorm.weight": ("post_layernorm.weight", "replicate"),
+    "self_attn.q_proj.weight": (QKV_WEIGHT, "qkv"),
+    "self_attn.k_proj.weight": (QKV_WEIGHT, "qkv"),
+    "self_attn.v_proj.weight": (QKV_WEIGHT, "qkv"),
+    "self_attn.q_proj.bias": (QKV_BIAS, "qkv"),
+    "self_attn.k_proj.bias": (QKV_BIAS, "qkv"),
+    "self_attn.v_proj.bias": (QKV_BIAS, "qkv"),
+    "self_attn.o_proj.weight": (DENSE, "row"),
+    "mlp.gate_proj.weight": (MLP_FC, "column"),
+    "mlp.up_proj.weight": (MLP_GATE, "column"),
+    "mlp.down_proj.weight": (MLP_PROJ, "row"),
+    "input_layernorm.weight": (INPUT_LAYERNORM, "replicate"),
+    "post_attention_layernorm.weight": (POST_LAYERNORM, "replicate"),
 }
+# split kind of every TensorRT-LLM name (global) or layer suffix
+SPLIT_OF: dict[str, str] = {name: split for name, split in (*GLOBAL_NAMES.values(), *LAYER_NAMES.values())}
+
+
+def layer_tensor(layer: int, suffix: str) -> str:
+    """`transformer.layers.{layer}.{suffix}`."""
+    return f"transformer.layers.{layer}.{suffix}"
 
 # Order of the fused parts of qkv tensors: q, then k, then v.
 QKV_ORDER = ("q_proj", "k_proj", "v_proj")
@@ -53,7 +69,7 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 @dataclass(frozen=True)
-class Target:
+class PlannedTensor:
     """One TensorRT-LLM tensor and the HF tensors it is made of (in fused order)."""
 
     name: str              # global name, layers numbered 0..num_layers-1
@@ -66,7 +82,7 @@ class Target:
         if self.layer is None:
             return self.name
         suffix = self.name.split(".", 3)[3]
-        return f"transformer.layers.{self.layer - first_layer}.{suffix}"
+        return layer_tensor(self.layer - first_layer, suffix)
 
 
 def trtllm_name(hf_name: str) -> tuple[str, str, int | None]:
@@ -85,7 +101,7 @@ def trtllm_name(hf_name: str) -> tuple[str, str, int | None]:
     if match and match.group(2) in LAYER_NAMES:
         layer = int(match.group(1))
         suffix, split = LAYER_NAMES[match.group(2)]
-        return f"transformer.layers.{layer}.{suffix}", split, layer
+        return layer_tensor(layer, suffix), split, layer
     raise DeployError(f"tensor {hf_name!r} has no TensorRT-LLM name: nvlm-deploy maps only the "
                       f"Qwen2 decoder tensors {sorted(GLOBAL_NAMES)} and model.layers.N.{{{', '.join(LAYER_NAMES)}}}.")
 
@@ -103,7 +119,7 @@ def expected_hf_names(*, num_layers: int, attention_bias: bool = True,
 
 
 def plan_tensors(found: list[str], *, num_layers: int, attention_bias: bool = True,
-                 tie_word_embeddings: bool = False, where: str = "checkpoint") -> list[Target]:
+                 tie_word_embeddings: bool = False, where: str = "checkpoint") -> list[PlannedTensor]:
     """Group the checkpoint's decoder tensors into TensorRT-LLM targets, in file order.
 
     Raises one DeployError naming every missing and every unexpected decoder tensor.
@@ -127,9 +143,9 @@ def plan_tensors(found: list[str], *, num_layers: int, attention_bias: bool = Tr
         grouped.setdefault(target, []).append(hf_name)
         meta[target] = (split, layer)
     if tie_word_embeddings:
-        grouped["lm_head.weight"] = [HF_PREFIX + "model.embed_tokens.weight"]
-        meta["lm_head.weight"] = ("vocab", None)
-    targets = [Target(name, meta[name][0], _fused_order(sources), meta[name][1])
+        grouped[LM_HEAD] = [HF_PREFIX + "model.embed_tokens.weight"]
+        meta[LM_HEAD] = ("vocab", None)
+    targets = [PlannedTensor(name, meta[name][0], _fused_order(sources), meta[name][1])
                for name, sources in grouped.items()]
     return sorted(targets, key=_file_order)
 
@@ -140,8 +156,8 @@ def _fused_order(sources: list[str]) -> tuple[str, ...]:
     return tuple(sorted(sources, key=lambda n: next(i for i, p in enumerate(QKV_ORDER) if f".{p}." in n)))
 
 
-def _file_order(target: Target) -> tuple[int, int, str]:
-    if target.name == "transformer.vocab_embedding.weight":
+def _file_order(target: PlannedTensor) -> tuple[int, int, str]:
+    if target.name == VOCAB_EMBEDDING:
         return (0, 0, target.name)
     if target.layer is not None:
         return (1, target.layer, target.name)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nvlm_deploy.convert.llm_names import (HF_PREFIX, expected_hf_names, plan_tensors, trtllm_name)
+from nvlm_deploy.trtllm.names import (HF_PREFIX, expected_hf_names, plan_tensors, trtllm_name)
 from nvlm_deploy.errors import DeployError
 
 

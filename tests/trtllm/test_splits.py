@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nvlm_deploy.convert import tp_split
+from nvlm_deploy.trtllm import splits as tp_split
 from nvlm_deploy.errors import DeployError
 
 

@@ -1,0 +1,82 @@
+"""THE client-facing tensors of both entry points (`ensemble`, `tensorrt_llm_bls`).
+
+Names, types and meaning follow tensorrtllm_backend's ensemble (shared/reference/triton.md §1),
+except `image_bytes_input`, which carries encoded image files here (with `image_bytes_lengths`).
+This table renders the `input`/`output` blocks of both configs and the ensemble's input maps,
+routes the inputs in the BLS, and builds the client's request tensors: one list, no copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClientTensor:
+    name: str
+    triton_type: str  # model config data_type
+    dims: tuple[int, ...]  # without the batch dimension
+    optional: bool = True
+    preprocessing: str | None = None  # the `preprocessing` input it feeds
+    tensorrt_llm: str | None = None  # the `tensorrt_llm` input it feeds directly
+    request_field: str | None = None  # client.tensors.ChatRequest field of a scalar input
+
+    @property
+    def wire_type(self) -> str:
+        """The type name tritonclient's InferInput takes (TYPE_STRING travels as BYTES)."""
+        return "BYTES" if self.triton_type == "TYPE_STRING" else self.triton_type.removeprefix("TYPE_")
+
+
+TEXT_INPUT, IMAGE_BYTES, IMAGE_LENGTHS = "text_input", "image_bytes_input", "image_bytes_lengths"
+CLIENT_INPUTS: tuple[ClientTensor, ...] = (
+    ClientTensor(TEXT_INPUT, "TYPE_STRING", (1,), optional=False, preprocessing="QUERY"),
+    ClientTensor(IMAGE_BYTES, "TYPE_UINT8", (-1, -1), preprocessing="IMAGE_BYTES"),
+    ClientTensor(IMAGE_LENGTHS, "TYPE_INT32", (-1,), preprocessing="IMAGE_BYTES_LENGTHS"),
+    ClientTensor("max_tokens", "TYPE_INT32", (1,), optional=False, preprocessing="REQUEST_OUTPUT_LEN",
+                 request_field="max_tokens"),
+    ClientTensor("stream", "TYPE_BOOL", (1,), tensorrt_llm="streaming", request_field="stream"),
+    ClientTensor("temperature", "TYPE_FP32", (1,), tensorrt_llm="temperature", request_field="temperature"),
+    ClientTensor("top_k", "TYPE_INT32", (1,), tensorrt_llm="runtime_top_k", request_field="top_k"),
+    ClientTensor("top_p", "TYPE_FP32", (1,), tensorrt_llm="runtime_top_p", request_field="top_p"),
+    ClientTensor("seed", "TYPE_UINT64", (1,), tensorrt_llm="seed", request_field="seed"),
+    ClientTensor("end_id", "TYPE_INT32", (1,), preprocessing="END_ID", request_field="end_id"),
+    ClientTensor("pad_id", "TYPE_INT32", (1,), preprocessing="PAD_ID", request_field="pad_id"),
+    ClientTensor("exclude_input_in_output", "TYPE_BOOL", (1,), tensorrt_llm="exclude_input_in_output",
+                 request_field="exclude_input_in_output"),
+)
+TEXT_OUTPUT = ClientTensor("text_output", "TYPE_STRING", (-1,), optional=False)
+CLIENT_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT,)
+BY_NAME = {t.name: t for t in CLIENT_INPUTS + CLIENT_OUTPUTS}
+
+# Inputs the BLS handles itself rather than passing through to tensorrt_llm.
+STREAM, EXCLUDE_INPUT = "stream", "exclude_input_in_output"
+
+
+def preprocessing_inputs() -> dict[str, str]:
+    """client input -> preprocessing input."""
+    return {t.name: t.preprocessing for t in CLIENT_INPUTS if t.preprocessing}
+
+
+def passthrough_inputs() -> dict[str, str]:
+    """client input -> tensorrt_llm input, for inputs that go straight to the decoder."""
+    return {t.name: t.tensorrt_llm for t in CLIENT_INPUTS if t.tensorrt_llm}
+
+
+def _tensor_line(t: ClientTensor) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    return f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: [ {dims} ]{" optional: true" if t.optional else ""} }}'
+
+
+def render_io() -> dict[str, str]:
+    """Template values `client_inputs` and `client_outputs`: the bodies of the input/output lists."""
+    return {"client_inputs": ",\n".join(_tensor_line(t) for t in CLIENT_INPUTS),
+            "client_outputs": ",\n".join(_tensor_line(t) for t in CLIENT_OUTPUTS)}
+
+
+def render_ensemble_maps() -> dict[str, str]:
+    """Template values: the ensemble's input maps of the client inputs into preprocessing and tensorrt_llm."""
+    def maps(pairs: dict[str, str]) -> str:
+        return "\n".join(f'      input_map {{ key: "{dst}" value: "{src}" }}' for src, dst in pairs.items())
+
+    return {"preprocessing_client_maps": maps(preprocessing_inputs()),
+            "tensorrt_llm_client_maps": maps(passthrough_inputs())}

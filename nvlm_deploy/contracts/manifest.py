@@ -1,0 +1,193 @@
+"""THE manifests: one frozen dataclass per stage, written as `manifest.json` in the stage's folder.
+
+A stage writes its manifest with `write_manifest` (stage name + `asdict`) and every later stage
+reads it back typed with `read_manifest`; nobody indexes a manifest dict by position. A manifest
+that is missing, not JSON, of another stage or lacking a field is a DeployError naming the file
+and the command that writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from nvlm_deploy.errors import DeployError
+
+MANIFEST = "manifest.json"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def tool_versions(*packages: str) -> dict[str, str]:
+    out = {"python": platform.python_version(), "nvlm-deploy": _version("nvlm-deploy")}
+    out.update({name: _version(name) for name in packages})
+    return out
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name == "nvlm-deploy":
+            from nvlm_deploy import __version__
+
+            return __version__
+        return "not installed"
+
+
+@dataclass(frozen=True)
+class TargetManifest:
+    """The target directory itself: which model, and its one set of limits (DeploymentLimits.as_dict)."""
+
+    STAGE: ClassVar[str] = "target"
+    model_dir: str
+    limits: dict[str, Any]
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=tool_versions)
+
+
+@dataclass(frozen=True)
+class OnnxManifest:
+    STAGE: ClassVar[str] = "onnx"
+    model_dir: str
+    input_hashes: dict[str, str]
+    precision: str
+    image_size: int
+    tokens_per_tile: int
+    hidden_size: int  # the decoder's: the width of the prompt table
+    opset: int
+    exporter: str
+    compute: str
+    onnx_file: str
+    external_data_file: str | None
+    weight_bytes: int
+    nodes: int
+    export_seconds: float
+    tensorrt_onnx_ops: dict[str, Any]
+    check: dict[str, Any]  # onnx_check.CheckReport.as_dict()
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrtllmCheckpointManifest:
+    STAGE: ClassVar[str] = "trtllm_checkpoint"
+    model_dir: str
+    input_hashes: dict[str, str]
+    precision: str
+    tp: int
+    pp: int
+    world_size: int
+    ranks: dict[str, dict[str, Any]]  # "rank{N}" -> tp_rank, pp_rank, layers [start, stop)
+    rotary_scaling: dict | None
+    rotary_scaling_reason: str
+    source_rope_scaling: dict | None
+    self_check: list[str]  # tensors merged back and compared with the source
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VisionEngineManifest:
+    STAGE: ClassVar[str] = "vision"
+    onnx_dir: str
+    onnx_created: str
+    precision: str
+    hardware_compat: str  # build.vision_engine.HARDWARE_COMPAT key
+    requests_per_call: int
+    profile: dict[str, int]  # tiles: min, opt, max
+    plan_bytes: int
+    gpu: dict[str, Any]  # build.gpu.GpuInfo.as_dict()
+    build_seconds: float
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LlmEngineManifest:
+    STAGE: ClassVar[str] = "llm"
+    checkpoint_dir: str
+    input_hashes: dict[str, str]
+    limits: dict[str, Any]  # DeploymentLimits.as_dict() the engine was built for
+    precision: str
+    tp: int
+    pp: int
+    world_size: int
+    workers: int
+    gpu: dict[str, Any]
+    tensorrt_llm: str
+    command: list[str]
+    engine_bytes: dict[str, int]  # "rank{N}.engine" -> bytes
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RepositoryManifest:
+    STAGE: ClassVar[str] = "model_repository"
+    runtime: str
+    target: str
+    model_dir: str
+    limits: dict[str, Any]
+    world_size: int
+    prompt_table_precision: str
+    kv_cache: dict[str, Any]  # fraction and how it was computed (gpu)
+    engines_gpu: dict[str, dict[str, Any]]  # stage -> GPU and hardware compatibility it was built for
+    tensorrt_llm: str | None
+    models: list[str]
+    # model -> config parameter -> path relative to the repository (absolute in config.pbtxt)
+    paths: dict[str, dict[str, str]]
+    created: str = field(default_factory=now)
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+M = TypeVar("M")
+
+
+def write_manifest(directory: str | Path, manifest) -> Path:
+    """`<directory>/manifest.json` = {"stage": ..., **asdict(manifest)}, written whole or not at all."""
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"stage": manifest.STAGE, **dataclasses.asdict(manifest)}, indent=2),
+                   encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(directory: str | Path, kind: type[M], *, writer: str = "the stage that writes it") -> M:
+    """The typed manifest of `directory`; DeployError naming the file and `writer` when it is unusable.
+
+    Args:
+        directory: the stage (or target) directory.
+        kind: the manifest dataclass expected there.
+        writer: the command that writes it, for the message.
+    """
+    path = Path(directory) / MANIFEST
+    fix = f"re-run `{writer}`"
+    if not path.is_file():
+        raise DeployError(f"{path} does not exist: {directory} is not a finished nvlm-deploy artifact; {fix}.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{path} is not valid JSON ({exc}); the artifact is damaged: {fix}.") from None
+    if not isinstance(raw, dict):
+        raise DeployError(f"{path} is not a JSON object; {fix}.")
+    if raw.get("stage") != kind.STAGE:
+        raise DeployError(f"{path} describes a '{raw.get('stage')}' artifact, not '{kind.STAGE}'; "
+                          f"point at the right directory or {fix}.")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise DeployError(f"{path} lacks field(s) {missing}: it was written by another version or damaged; {fix}.")
+    return kind(**{n: raw[n] for n in fields if n in raw})
