@@ -4,22 +4,22 @@ Flags are those of TensorRT-LLM 1.2's `tensorrt_llm/commands/build.py` and `plug
 (checked against the source): `--kv_cache_type paged` (`--paged_kv_cache` is deprecated),
 `--max_prompt_embedding_table_size` (alias `--max_multimodal_len`), plugin switches taking
 `enable`/`disable` and plugin dtypes taking `auto`. The engine-build flow exists up to TensorRT-LLM
-1.2.x (removed from its main branch in 2026), hence the pinned range.
+1.2.x (removed from its main branch in 2026), hence the pinned range. Every size comes from the
+target's DeploymentLimits.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nvlm_deploy.contracts.limits import DeploymentLimits
 from nvlm_deploy.errors import DeployError
+from nvlm_deploy.trtllm.config import TrtllmConfig
 
-ENGINE_DIR = "llm"
-DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's BuildConfig default
+ENGINE_STAGE = "llm"
 SUPPORTED_TRTLLM = ((1, 0), (1, 2))  # inclusive (major, minor) range with the trtllm-build flow
 INSTALL = ("pip install 'tensorrt-llm>=1.0,<1.3' --extra-index-url https://pypi.nvidia.com "
            "(on a machine with an NVIDIA GPU), or use NVIDIA's Triton TensorRT-LLM container")
@@ -27,75 +27,31 @@ CPU_HINT = ("Without TensorRT-LLM, `nvlm-deploy package --runtime cpu` serves th
             "from the TensorRT-LLM checkpoint through the CPU runtime.")
 
 
-@dataclass(frozen=True)
-class LlmBuildLimits:
-    """Request limits an engine is built for; every engine size follows from them."""
-
-    max_batch_size: int = 8
-    max_images: int = 1          # images per request
-    max_tiles: int = 7           # tiles per image, thumbnail included (NVLM-D: 6 + 1)
-    tokens_per_tile: int = 256   # image tokens per tile (NVLM-D: 1024 patches / 4)
-    max_text_len: int = 1024     # prompt tokens other than image tokens
-    max_output_len: int = 1024
-    max_num_tokens: int | None = None  # None: trtllm-build's 8192, raised to fit one full prompt
-
-    def __post_init__(self):
-        for field, value in asdict(self).items():
-            if value is not None and (not isinstance(value, int) or value < (0 if field == "max_images" else 1)):
-                raise DeployError(f"build limit {field} must be a positive integer, got {value!r}.")
-
-    @property
-    def image_tokens_per_request(self) -> int:
-        return self.max_images * self.max_tiles * self.tokens_per_tile
-
-    @property
-    def max_prompt_embedding_table_size(self) -> int:
-        """max_batch_size x max_images x max_tiles x tokens_per_tile (the README's rule for multimodal)."""
-        return self.max_batch_size * self.image_tokens_per_request
-
-    @property
-    def max_input_len(self) -> int:
-        return self.max_text_len + self.image_tokens_per_request
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.max_input_len + self.max_output_len
-
-    @property
-    def num_tokens(self) -> int:
-        # Without chunked context a whole prompt is one context step, so never below max_input_len.
-        return max(self.max_num_tokens or DEFAULT_MAX_NUM_TOKENS, self.max_input_len)
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "max_num_tokens": self.num_tokens, "max_input_len": self.max_input_len,
-                "max_seq_len": self.max_seq_len,
-                "max_prompt_embedding_table_size": self.max_prompt_embedding_table_size}
+def engine_file(rank: int) -> str:
+    return f"rank{rank}.engine"
 
 
-def read_checkpoint_mapping(checkpoint_dir: Path) -> dict:
-    path = checkpoint_dir / "config.json"
-    if not path.is_file():
-        raise DeployError(f"{path} does not exist: --checkpoint must be a trtllm_checkpoint/ directory "
-                          "written by `nvlm-deploy convert llm` (or the target directory holding one).")
-    config = json.loads(path.read_text())
-    mapping = config.get("mapping") or {}
-    world = mapping.get("world_size", mapping.get("tp_size", 1) * mapping.get("pp_size", 1))
-    missing = [f"rank{r}.safetensors" for r in range(world) if not (checkpoint_dir / f"rank{r}.safetensors").is_file()]
+def read_checkpoint(checkpoint_dir: Path) -> TrtllmConfig:
+    """The checkpoint's config, after checking that every rank file its mapping names is there."""
+    from nvlm_deploy.trtllm.config import CONFIG_FILE
+    from nvlm_deploy.trtllm.rank_files import rank_file
+
+    config = TrtllmConfig.from_json(checkpoint_dir / CONFIG_FILE)
+    missing = [rank_file(r) for r in range(config.mapping.world_size) if not (checkpoint_dir / rank_file(r)).is_file()]
     if missing:
-        raise DeployError(f"{checkpoint_dir} lacks {missing} for its world_size {world}: "
+        raise DeployError(f"{checkpoint_dir} lacks {missing} for its world_size {config.mapping.world_size}: "
                           "re-run `nvlm-deploy convert llm`.")
-    return {"world_size": world, "tp_size": mapping.get("tp_size", 1), "pp_size": mapping.get("pp_size", 1),
-            "dtype": config.get("dtype")}
+    return config
 
 
-def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: LlmBuildLimits, *, workers: int,
+def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: DeploymentLimits, *, workers: int,
                          executable: list[str] | None = None, extra: list[str] = ()) -> list[str]:
     """The exact `trtllm-build` argument list.
 
     Args:
         checkpoint_dir: the TensorRT-LLM checkpoint.
         output_dir: where trtllm-build writes config.json and rank{N}.engine.
-        limits: request limits.
+        limits: the target's limits.
         workers: parallel build workers (one per rank).
         executable: the command that starts trtllm-build (default ["trtllm-build"]).
         extra: further flags passed through unchanged.
@@ -106,7 +62,7 @@ def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: LlmBuil
             "--max_batch_size", str(limits.max_batch_size),
             "--max_input_len", str(limits.max_input_len),
             "--max_seq_len", str(limits.max_seq_len),
-            "--max_num_tokens", str(limits.num_tokens),
+            "--max_num_tokens", str(limits.max_num_tokens),
             "--max_beam_width", "1",
             "--max_prompt_embedding_table_size", str(limits.max_prompt_embedding_table_size),
             "--kv_cache_type", "paged",
@@ -148,48 +104,64 @@ def trtllm_build_executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "tensorrt_llm.commands.build"]
 
 
-def build_llm_engine(checkpoint_dir: str | Path, out_dir: str | Path, *, limits: LlmBuildLimits | None = None,
-                     workers: int | None = None, force: bool = False, extra: list[str] = ()) -> Path:
+def build_llm_engine(checkpoint_dir: str | Path, out_dir: str | Path, *, workers: int | None = None,
+                     force: bool = False, limits: dict[str, int | None] | None = None, extra: list[str] = ()) -> Path:
     """Run trtllm-build into `<out_dir>/llm/` (atomically) and describe it in a manifest.
 
     Args:
         checkpoint_dir: TensorRT-LLM checkpoint (or a target directory with trtllm_checkpoint/).
         out_dir: the target directory; this stage owns its llm/.
-        limits: request limits (defaults: LlmBuildLimits()).
         workers: build workers; None means one per rank.
         force: replace an existing llm/.
+        limits: limit choices to settle on the target first (None: the target's).
         extra: more trtllm-build flags, passed through.
     """
-    from nvlm_deploy.artifacts import atomic_output_dir, input_hashes, write_manifest
+    from nvlm_deploy.artifacts import atomic_output_dir, input_hashes
     from nvlm_deploy.build.gpu import describe_local_gpu
+    from nvlm_deploy.config import NvlmConfig
+    from nvlm_deploy.contracts.manifest import LlmEngineManifest, tool_versions, write_manifest
+    from nvlm_deploy.contracts.target import Target
 
-    checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
-    limits = limits or LlmBuildLimits()
-    mapping = read_checkpoint_mapping(checkpoint_dir)
+    source = resolve_checkpoint_dir(checkpoint_dir)
+    checkpoint = read_checkpoint(source)
+    model_dir = checkpoint_manifest(source).model_dir
+    target = Target(out_dir)
+    settled = target.settle_limits(NvlmConfig.from_hf(model_dir), model_dir=model_dir, choices=limits or {},
+                                   rebuilding="llm", store=False)
     version = require_trtllm()
-    workers = workers or mapping["world_size"]
-    with atomic_output_dir(Path(out_dir) / ENGINE_DIR, force=force) as tmp:
-        command = trtllm_build_command(checkpoint_dir.resolve(), tmp.resolve(), limits, workers=workers,
+    workers = workers or checkpoint.mapping.world_size
+    with atomic_output_dir(target.dir(ENGINE_STAGE), force=force) as tmp:
+        command = trtllm_build_command(source.resolve(), tmp.resolve(), settled, workers=workers,
                                        executable=trtllm_build_executable(), extra=list(extra))
         result = subprocess.run(command)
         if result.returncode != 0:
             raise DeployError(f"trtllm-build failed (exit {result.returncode}); its log is above. Command:\n"
                               + " ".join(command))
-        engines = [f"rank{r}.engine" for r in range(mapping["world_size"])]
+        engines = [engine_file(r) for r in range(checkpoint.mapping.world_size)]
         missing = [f for f in [*engines, "config.json"] if not (tmp / f).is_file()]
         if missing:
             raise DeployError(f"trtllm-build exited 0 but did not write {missing}.")
-        write_manifest(tmp, stage="llm_engine", settings={"limits": limits.as_dict(), "workers": workers, **mapping},
-                       inputs={"checkpoint_dir": str(checkpoint_dir.resolve()), "files": input_hashes(checkpoint_dir)},
-                       tools=("tensorrt", "tensorrt-llm"),
-                       extra={"gpu": describe_local_gpu().as_dict(), "tensorrt_llm": version,
-                              "command": command, "engines": engines})
-    return Path(out_dir) / ENGINE_DIR
+        write_manifest(tmp, LlmEngineManifest(
+            checkpoint_dir=str(source.resolve()), input_hashes=input_hashes(source), limits=settled.as_dict(),
+            precision=checkpoint.precision.name, tp=checkpoint.tp, pp=checkpoint.pp,
+            world_size=checkpoint.mapping.world_size, workers=workers, gpu=describe_local_gpu().as_dict(),
+            tensorrt_llm=version, command=command, engine_bytes={f: (tmp / f).stat().st_size for f in engines},
+            tools=tool_versions("tensorrt", "tensorrt-llm")))
+    target.store_limits(settled, model_dir=model_dir)
+    return target.dir(ENGINE_STAGE)
+
+
+def checkpoint_manifest(checkpoint_dir: Path):
+    from nvlm_deploy.contracts.manifest import TrtllmCheckpointManifest, read_manifest
+
+    return read_manifest(checkpoint_dir, TrtllmCheckpointManifest, writer="nvlm-deploy convert llm")
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """Accept the trtllm_checkpoint/ directory itself or the target directory that holds it."""
+    from nvlm_deploy.contracts.target import Target
+
     path = Path(path)
-    if not (path / "config.json").is_file() and (path / "trtllm_checkpoint" / "config.json").is_file():
-        return path / "trtllm_checkpoint"
-    return path
+    if (path / "config.json").is_file():
+        return path
+    return Target(path).dir("trtllm_checkpoint")

@@ -4,6 +4,8 @@ Thin over the TensorRT 10 Python API (imported lazily; nothing here runs without
 ONNX graph from its file (so external data is found), one optimization profile over the tile axis
 T, precision from the export dtype, a timing cache loaded before and saved after every build.
 Everything TensorRT-free (profile shapes, flags, config.json content) is plain data and functions.
+The tile profile comes from the target's DeploymentLimits: one call takes every tile of up to
+`requests_per_call` requests at their limits.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nvlm_deploy.contracts.limits import DeploymentLimits
+from nvlm_deploy.contracts.manifest import OnnxManifest
+from nvlm_deploy.contracts.precision import PRECISIONS, precision
+from nvlm_deploy.contracts.vision_io import ENGINE_CONFIG_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, PLAN_FILE
 from nvlm_deploy.errors import DeployError
 
-PLAN_FILE = "model.plan"
-CONFIG_FILE = "config.json"
 TIMING_CACHE_FILE = "vision.timing_cache"  # next to vision/, so rebuilding vision/ keeps it
 TENSORRT_INSTALL = ("pip install 'tensorrt-cu12>=10.1,<11' (NVIDIA's wheel; or use the TensorRT-LLM "
                     "container, which ships it) on a machine with an NVIDIA GPU")
 NO_TENSORRT_NOTE = ("Without TensorRT, the CPU runtime serves the same model repository: the vision "
                     "encoder then runs this ONNX graph with ONNX Runtime (`--runtime cpu`).")
 
-# export dtype -> builder flags (names of trt.BuilderFlag). fp32 keeps TensorRT's default (TF32 allowed).
-PRECISION_FLAGS: dict[str, tuple[str, ...]] = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",)}
-# --hardware-compat -> trt.HardwareCompatibilityLevel member
-HARDWARE_COMPAT: dict[str, str] = {"none": "NONE", "ampere+": "AMPERE_PLUS"}
+# --hardware-compat -> (trt.HardwareCompatibilityLevel member, lowest compute capability it runs on).
+# TensorRT 10 (NvInfer.h, 10.13/10.14): AMPERE_PLUS "Ampere and newer GPUs", i.e. SM >= 8.0; NONE:
+# the build GPU's SM only. launch.engine_mismatches reads the minimum.
+HARDWARE_COMPAT: dict[str, tuple[str, str | None]] = {"none": ("NONE", None), "ampere+": ("AMPERE_PLUS", "8.0")}
 
 
 @dataclass(frozen=True)
@@ -41,28 +45,16 @@ class TileProfile:
         return {k: [t, 3, image_size, image_size] for k, t in asdict(self).items()}
 
 
-def tile_profile(*, max_tiles: int, max_batch: int) -> TileProfile:
-    """min 1 tile; opt `max_tiles` (one image at its most tiles); max `max_tiles * max_batch`.
+def tile_profile(limits: DeploymentLimits, *, requests_per_call: int = 1) -> TileProfile:
+    """min 1 tile; opt one image at its most tiles; max every tile of `requests_per_call` full requests.
 
     Args:
-        max_tiles: tiles of one image, thumbnail included (NVLM-D: 7).
-        max_batch: images per engine call.
+        limits: the target's limits (images per request, tiles per image).
+        requests_per_call: requests whose tiles one engine call takes together.
     """
-    if max_tiles < 1:
-        raise DeployError(f"max tiles {max_tiles} must be >= 1 (set it with `convert vision --max-tiles`).")
-    if max_batch < 1:
-        raise DeployError(f"--max-batch {max_batch} must be >= 1 (images per vision-engine call).")
-    return TileProfile(min=1, opt=max_tiles, max=max_tiles * max_batch)
-
-
-def find_onnx_dir(path: str | Path) -> Path:
-    """`path` if it is the onnx/ stage directory, else `<path>/onnx`."""
-    path = Path(path)
-    for candidate in (path, path / "onnx"):
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    raise DeployError(f"{path} holds no exported vision encoder (no manifest.json in it or in {path / 'onnx'}); "
-                      "run `nvlm-deploy convert vision --model CKPT --out TARGET` first.")
+    if requests_per_call < 1:
+        raise DeployError(f"--requests-per-call {requests_per_call} must be >= 1 (requests per vision-engine call).")
+    return TileProfile(min=1, opt=limits.max_tiles_per_image, max=limits.max_tiles_per_request * requests_per_call)
 
 
 def require_tensorrt(*, purpose: str):
@@ -75,21 +67,19 @@ def require_tensorrt(*, purpose: str):
         raise DeployError(f"{exc}\n{NO_TENSORRT_NOTE}") from None
 
 
-def engine_config(onnx_manifest: dict, *, profile: TileProfile, hardware_compat: str, tensorrt_version: str,
+def engine_config(onnx: OnnxManifest, *, profile: TileProfile, hardware_compat: str, tensorrt_version: str,
                   gpu: dict, build_seconds: float | None = None, timing_cache: dict | None = None) -> dict:
-    """The content of vision/config.json: I/O, dtype, profile, TensorRT version, GPU and SM."""
-    io = onnx_manifest["io"]
-    image_size = io["inputs"][0]["shape"][-1]
-    dtype = onnx_manifest["settings"]["dtype"]
+    """The content of vision/config.json: I/O, precision, profile, TensorRT version, GPU and SM."""
+    prec = precision(onnx.precision)
+    size = onnx.image_size
     return {
         "plan": PLAN_FILE,
-        "inputs": io["inputs"],
-        "outputs": io["outputs"],
-        "dtype": dtype,
-        "builder_flags": list(PRECISION_FLAGS[dtype]),
-        "profile": {"axis": "num_tiles", **asdict(profile), "shapes": {io["inputs"][0]["name"]: profile.shapes(image_size)}},
-        "max_tiles_per_image": profile.opt,
-        "max_batch": profile.max // profile.opt,
+        "inputs": [{"name": INPUT_NAME, "dtype": prec.trtllm, "shape": ["num_tiles", 3, size, size]}],
+        "outputs": [{"name": OUTPUT_NAME, "dtype": prec.trtllm,
+                     "shape": ["num_tiles", onnx.tokens_per_tile, onnx.hidden_size]}],
+        "precision": prec.name,
+        "builder_flags": [prec.tensorrt_flag] if prec.tensorrt_flag else [],
+        "profile": {"axis": "num_tiles", **asdict(profile), "shapes": {INPUT_NAME: profile.shapes(size)}},
         "hardware_compatibility": hardware_compat,
         "tensorrt_version": tensorrt_version,
         "gpu": {"name": gpu.get("name"), "compute_capability": gpu.get("compute_capability")},
@@ -98,33 +88,41 @@ def engine_config(onnx_manifest: dict, *, profile: TileProfile, hardware_compat:
     }
 
 
-def build_vision_engine(onnx_dir: str | Path, out_dir: str | Path, *, max_batch: int = 1,
+def build_vision_engine(onnx_dir: str | Path, out_dir: str | Path, *, requests_per_call: int = 1,
                         hardware_compat: str = "none", timing_cache: str | Path | None = None,
-                        workspace_gib: float | None = None, force: bool = False) -> Path:
+                        workspace_gib: float | None = None, force: bool = False,
+                        limits: dict[str, int | None] | None = None) -> Path:
     """Build `<out_dir>/vision/` from the exported graph. Needs TensorRT and an NVIDIA GPU.
 
     Args:
         onnx_dir: the onnx/ directory of `convert vision` (or the target directory holding it).
         out_dir: the target directory; this stage owns `vision/`.
-        max_batch: images per engine call; the profile's max T is max_tiles x max_batch.
+        requests_per_call: requests whose tiles one engine call takes (the profile's max T is
+            max tiles per request x this).
         hardware_compat: "none" (this GPU's SM only) or "ampere+" (any SM >= 8.0, somewhat slower).
         timing_cache: timing cache file, read if present and rewritten after the build;
             None means `<out_dir>/vision.timing_cache`.
         workspace_gib: builder workspace limit; None lets TensorRT use what the GPU has.
         force: replace an existing `<out_dir>/vision`.
+        limits: limit choices to settle on the target first (None: the target's).
     Returns:
         the vision/ directory.
     """
-    from nvlm_deploy.artifacts import atomic_output_dir, read_manifest, write_manifest
+    from nvlm_deploy.artifacts import atomic_output_dir
     from nvlm_deploy.build.gpu import describe_local_gpu
-    from nvlm_deploy.runtime.vision import ONNX_FILE
+    from nvlm_deploy.config import NvlmConfig
+    from nvlm_deploy.contracts.manifest import VisionEngineManifest, tool_versions, write_manifest
+    from nvlm_deploy.contracts.target import Target
 
-    source = find_onnx_dir(onnx_dir)
-    manifest = read_manifest(source, stage="onnx")
+    source = Target.of(onnx_dir, stage="onnx")
+    onnx = source.manifest("onnx")
     if hardware_compat not in HARDWARE_COMPAT:
         raise DeployError(f"--hardware-compat {hardware_compat!r} is not one of {sorted(HARDWARE_COMPAT)}.")
-    profile = tile_profile(max_tiles=manifest["settings"]["max_tiles"], max_batch=max_batch)
-    stage_dir = Path(out_dir) / "vision"
+    target = Target(out_dir)
+    settled = target.settle_limits(NvlmConfig.from_hf(onnx.model_dir), model_dir=onnx.model_dir,
+                                   choices=limits or {}, rebuilding="vision", store=False)
+    profile = tile_profile(settled, requests_per_call=requests_per_call)
+    stage_dir = target.dir("vision")
     if stage_dir.exists() and not force:
         raise DeployError(f"{stage_dir} already exists; pass --force to replace it, or choose another --out.")
     trt = require_tensorrt(purpose="building the vision engine")
@@ -132,28 +130,27 @@ def build_vision_engine(onnx_dir: str | Path, out_dir: str | Path, *, max_batch:
     if gpu.name is None:
         raise DeployError(f"no NVIDIA GPU is visible (nvidia-smi found none): TensorRT engines are built on "
                           f"the GPU type they will run on. {NO_TENSORRT_NOTE}")
-    cache_path = Path(timing_cache) if timing_cache else Path(out_dir) / TIMING_CACHE_FILE
+    cache_path = Path(timing_cache) if timing_cache else target.root / TIMING_CACHE_FILE
     start = time.perf_counter()
-    image_size = manifest["io"]["inputs"][0]["shape"][-1]
-    plan, io, cache_info = _build_plan(trt, source / ONNX_FILE, dtype=manifest["settings"]["dtype"],
-                                       shapes=profile.shapes(image_size), hardware_compat=hardware_compat,
+    plan, io, cache_info = _build_plan(trt, source.dir("onnx") / ONNX_FILE, precision_name=onnx.precision,
+                                       shapes=profile.shapes(onnx.image_size), hardware_compat=hardware_compat,
                                        cache_path=cache_path, workspace_gib=workspace_gib)
     seconds = round(time.perf_counter() - start, 1)
-    config = engine_config(manifest, profile=profile, hardware_compat=hardware_compat,
-                           tensorrt_version=trt.__version__, gpu=gpu.as_dict(), build_seconds=seconds,
-                           timing_cache=cache_info)
+    config = engine_config(onnx, profile=profile, hardware_compat=hardware_compat, tensorrt_version=trt.__version__,
+                           gpu=gpu.as_dict(), build_seconds=seconds, timing_cache=cache_info)
     config["network_io"] = io
     with atomic_output_dir(stage_dir, force=force) as tmp:
         (tmp / PLAN_FILE).write_bytes(plan)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        write_manifest(tmp, stage="vision_engine",
-                       settings={"max_batch": max_batch, "hardware_compat": hardware_compat, "dtype": config["dtype"]},
-                       inputs={"onnx_dir": str(source.resolve()), "onnx_manifest_created": manifest["created"]},
-                       tools=("tensorrt",), extra={"gpu": gpu.as_dict()})
+        (tmp / ENGINE_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        write_manifest(tmp, VisionEngineManifest(
+            onnx_dir=str(source.dir("onnx").resolve()), onnx_created=onnx.created, precision=onnx.precision,
+            hardware_compat=hardware_compat, requests_per_call=requests_per_call, profile=asdict(profile),
+            plan_bytes=len(plan), gpu=gpu.as_dict(), build_seconds=seconds, tools=tool_versions("tensorrt")))
+    target.store_limits(settled, model_dir=onnx.model_dir)
     return stage_dir
 
 
-def _build_plan(trt, onnx_path: Path, *, dtype: str, shapes: dict[str, list[int]], hardware_compat: str,
+def _build_plan(trt, onnx_path: Path, *, precision_name: str, shapes: dict[str, list[int]], hardware_compat: str,
                 cache_path: Path, workspace_gib: float | None) -> tuple[bytes, list[dict], dict]:
     """Parse, configure, build. Returns (serialized plan, network I/O, timing-cache facts)."""
     logger = trt.Logger(trt.Logger.WARNING)
@@ -164,11 +161,12 @@ def _build_plan(trt, onnx_path: Path, *, dtype: str, shapes: dict[str, list[int]
         errors = "\n".join(parser.get_error(i).desc() for i in range(parser.num_errors))
         raise DeployError(f"TensorRT {trt.__version__} could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
-    for flag in PRECISION_FLAGS[dtype]:
+    flag = precision(precision_name).tensorrt_flag
+    if flag:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if workspace_gib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[hardware_compat])
+    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[hardware_compat][0])
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(trt_profile)
@@ -197,13 +195,11 @@ def run_engine(plan_path: str | Path, pixel_values, *, device: str = "cuda"):
     """
     import torch
 
-    from nvlm_deploy.runtime.vision import INPUT_NAME, OUTPUT_NAME
-
     trt = require_tensorrt(purpose="running the vision engine")
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
     context = engine.create_execution_context()
-    torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
+    torch_dtypes = {getattr(trt, p.tensorrt): p.torch_dtype() for p in PRECISIONS.values()}
     x = pixel_values.to(device=device, dtype=torch_dtypes[engine.get_tensor_dtype(INPUT_NAME)]).contiguous()
     context.set_input_shape(INPUT_NAME, tuple(x.shape))
     out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), device=device,

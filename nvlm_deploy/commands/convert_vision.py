@@ -2,6 +2,10 @@
 
 import argparse
 
+from nvlm_deploy.contracts.limits import add_limit_arguments, limit_choices
+
+from nvlm_deploy.contracts.precision import CHOICES as PRECISION_CHOICES, DEFAULT as DEFAULT_PRECISION
+
 HELP = "export the vision encoder (InternViT + pixel shuffle + mlp1) to ONNX and check it against torch"
 
 
@@ -11,23 +15,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out", required=True, help="target directory; writes <out>/onnx/")
     io.add_argument("--force", action="store_true", help="replace an existing <out>/onnx")
     graph = parser.add_argument_group("graph")
-    graph.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+    graph.add_argument("--dtype", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
                        help="weights and I/O dtype of the graph (default bf16, NVLM-D's)")
-    graph.add_argument("--max-tiles", type=int, default=None,
-                       help="tiles per image incl. thumbnail, for the engine profile (default: the config's)")
+    add_limit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nvlm_deploy.artifacts import read_manifest
+    from nvlm_deploy.commands.limits_report import settle_and_report
+    from nvlm_deploy.contracts.target import Target
     from nvlm_deploy.convert.onnx_check import CheckReport
     from nvlm_deploy.convert.vision_onnx import export_vision_onnx
 
-    out = export_vision_onnx(args.model, args.out, dtype=args.dtype, max_tiles=args.max_tiles, force=args.force)
-    manifest = read_manifest(out, stage="onnx")
-    print(CheckReport.from_dict(manifest["check"]).table())
-    external = manifest["files"]["external_data"]
-    print(f"wrote {out}/{manifest['files']['onnx']}" + (f" + {external}" if external else "")
-          + f" ({manifest['weight_bytes'] / 2**20:.1f} MiB of weights, {manifest['nodes']} nodes, "
-            f"opset {manifest['settings']['opset']}, all ops in TensorRT "
-            f"{manifest['tensorrt_onnx_ops']['tensorrt']}'s ONNX parser table)")
+    settle_and_report(args.model, args.out, limit_choices(args))
+    out = export_vision_onnx(args.model, args.out, dtype=args.dtype, force=args.force)
+    manifest = Target.of(out, stage="onnx").manifest("onnx")
+    print(CheckReport.from_dict(manifest.check).table())
+    external = manifest.external_data_file
+    print(f"wrote {out}/{manifest.onnx_file}" + (f" + {external}" if external else "")
+          + f" ({manifest.weight_bytes / 2**20:.1f} MiB of weights, {manifest.nodes} nodes, "
+            f"opset {manifest.opset}, all ops in TensorRT "
+            f"{manifest.tensorrt_onnx_ops['tensorrt']}'s ONNX parser table)")
     return 0

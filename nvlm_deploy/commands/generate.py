@@ -2,6 +2,8 @@
 
 import argparse
 
+from nvlm_deploy.contracts.precision import CHOICES as PRECISION_CHOICES
+
 HELP = "answer a prompt (with optional images) using the PyTorch reference model, greedily"
 
 
@@ -13,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--image", action="append", default=[], metavar="PATH",
                      help="an image file; repeat for several images")
     opt.add_argument("--max-new-tokens", type=int, default=64, help="generation limit (default 64)")
-    opt.add_argument("--dtype", default="float32", choices=["float32", "bf16", "fp16"],
-                     help="compute dtype of the reference model (default float32)")
+    opt.add_argument("--dtype", default="fp32", choices=PRECISION_CHOICES,
+                     help="compute precision of the reference model (default fp32)")
     opt.add_argument("--max-tiles", type=int, default=None, help="tiles per image (default: the config's)")
     opt.add_argument("--max-pixels", type=int, default=None,
                      help="largest width x height accepted per image (default 64 megapixels)")
