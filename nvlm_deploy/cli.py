@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("build vision", "build_vision"),
     ("build llm", "build_llm"),
     ("package", "package"),
+    ("relocate", "relocate"),
     ("serve", "serve"),
     ("chat", "chat"),
     ("demo", "demo"),

@@ -17,17 +17,17 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from nvlm_deploy.serve import request_inputs as rq
-from nvlm_deploy.serve.detokenize import IncrementalDetokenizer
+from nvlm_deploy.backend import request_inputs as rq
+from nvlm_deploy.contracts import client_tensors
+from nvlm_deploy.backend.detokenize import IncrementalDetokenizer
 
 Tensors = Mapping[str, np.ndarray | None]
 
-# ensemble / BLS input -> preprocessing input
-PREPROCESS_INPUTS = {"text_input": "QUERY", "image_bytes_input": "IMAGE_BYTES",
-                     "image_bytes_lengths": "IMAGE_BYTES_LENGTHS", "max_tokens": "REQUEST_OUTPUT_LEN",
-                     "end_id": "END_ID", "pad_id": "PAD_ID"}
-# ensemble / BLS input -> tensorrt_llm input (sampling settings pass straight through)
-SAMPLING_INPUTS = {"temperature": "temperature", "top_k": "runtime_top_k", "top_p": "runtime_top_p", "seed": "seed"}
+# client input -> preprocessing input; client input -> tensorrt_llm input (sampling settings), except
+# `stream` and `exclude_input_in_output`, which the BLS handles itself (contracts.client_tensors)
+PREPROCESS_INPUTS = client_tensors.preprocessing_inputs()
+SAMPLING_INPUTS = {src: dst for src, dst in client_tensors.passthrough_inputs().items()
+                   if src not in (client_tensors.STREAM, client_tensors.EXCLUDE_INPUT)}
 
 
 class BlsHandler:
@@ -53,7 +53,7 @@ class BlsHandler:
         """Serve one request: send(text, final) once (not streamed) or per chunk (streamed)."""
         pre = self.preprocess({dst: inputs.get(src) for src, dst in PREPROCESS_INPUTS.items()
                                if inputs.get(src) is not None})
-        streaming = bool(rq.first(inputs.get("stream"), False))
+        streaming = bool(rq.first(inputs.get(client_tensors.STREAM), False))
         llm_inputs = {
             "input_ids": pre["INPUT_ID"], "input_lengths": pre["REQUEST_INPUT_LEN"],
             "request_output_len": pre["REQUEST_OUTPUT_LEN"], "end_id": pre["OUT_END_ID"],
@@ -65,7 +65,7 @@ class BlsHandler:
             table, vocab = self.encode(pre["PIXEL_VALUES"])
             llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
         detok = IncrementalDetokenizer(self.decode, unfinished=self.unfinished)
-        echo = not bool(rq.first(inputs.get("exclude_input_in_output"), False))
+        echo = not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
         pending = detok.push(np.asarray(pre["INPUT_ID"]).reshape(-1).tolist()) if echo else ""
         for output_ids in self.generate(llm_inputs):
             pending += detok.push(np.asarray(output_ids).reshape(-1).tolist())

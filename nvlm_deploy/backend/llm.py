@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nvlm_deploy.serve import request_inputs as rq
-from nvlm_deploy.serve.request_inputs import RequestError
+from nvlm_deploy.backend import request_inputs as rq
+from nvlm_deploy.backend.request_inputs import RequestError
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ class LlmHandler:
     def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "LlmHandler":
         from nvlm_deploy.runtime.decoder import TrtllmCheckpointRuntime
 
-        runtime = TrtllmCheckpointRuntime.load(root / params["checkpoint_dir"], dtype=params.get("compute_dtype"))
-        return cls(runtime, max_input_len=int(params["max_input_len"]), max_output_len=int(params["max_output_len"]))
+        runtime = TrtllmCheckpointRuntime.load(root / params["checkpoint_dir"], dtype=params["compute_precision"])
+        limits = rq.repository_limits(root)
+        return cls(runtime, max_input_len=limits.max_input_len, max_output_len=limits.max_output_len)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> LlmRequest:
         """One request's tensors -> LlmRequest; RequestError on anything the engine would reject."""

@@ -48,5 +48,22 @@ def error_response(pb, message: str):
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
 
 
-def text_tensor(name: str, text: str) -> np.ndarray:
+def text_tensor(text: str) -> np.ndarray:
     return np.array([[text.encode("utf-8")]], dtype=object)  # [1, 1]
+
+
+def table_tensor(pb, name: str, table: np.ndarray, data_type: str):
+    """A float32 prompt table as a pb_utils.Tensor of the decoder's precision (Triton `data_type`).
+
+    The C++ backend refuses a table whose dtype differs from the engine's
+    (serve/upstream/tensorrtllm_backend_1.2.json, prompt_table_dtype); NumPy has no bf16, so a bf16
+    table goes through torch and dlpack.
+    """
+    from nvlm_deploy.contracts.precision import from_triton
+
+    target = from_triton(data_type)
+    if target.numpy is None:
+        import torch
+
+        return pb.Tensor.from_dlpack(name, torch.from_numpy(np.ascontiguousarray(table)).to(target.torch_dtype()))
+    return pb.Tensor(name, np.ascontiguousarray(table, dtype=target.numpy_dtype()))

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.serve import request_inputs as rq
-from nvlm_deploy.serve.request_inputs import RequestError, ServingLimits
-
-# numpy dtype of PIXEL_VALUES per config data type (cpu: float32; gpu engines: float16)
-PIXEL_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+from nvlm_deploy.backend import request_inputs as rq
+from nvlm_deploy.backend.request_inputs import RequestError
+from nvlm_deploy.contracts.limits import DeploymentLimits
+from nvlm_deploy.contracts.precision import from_triton
 
 
 class PreprocessingHandler:
@@ -22,22 +21,22 @@ class PreprocessingHandler:
     Args:
         assets_dir: the repository's tokenizer + config.json copy.
         limits: the repository's limits.
-        pixel_dtype: config data type of PIXEL_VALUES.
+        pixel_dtype: Triton data type of PIXEL_VALUES (a precision NumPy has).
     """
 
-    def __init__(self, assets_dir: str | Path, *, limits: ServingLimits, pixel_dtype: str = "TYPE_FP32"):
+    def __init__(self, assets_dir: str | Path, *, limits: DeploymentLimits, pixel_dtype: str = "TYPE_FP32"):
         from nvlm_deploy.preprocess.request import Preprocessor
 
         self.limits = limits
-        self.preprocessor = Preprocessor.from_model_dir(assets_dir, max_tiles=limits.max_tiles,
+        self.preprocessor = Preprocessor.from_model_dir(assets_dir, max_tiles=limits.max_tiles_before_thumbnail,
                                                         max_images=limits.max_images)
         self.tokenizer = self.preprocessor.tokenizer
-        self.pixel_dtype = PIXEL_DTYPES[pixel_dtype]
+        self.pixel_dtype = from_triton(pixel_dtype).numpy_dtype()
 
     @classmethod
     def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "PreprocessingHandler":
-        return cls(root / params["assets_dir"], limits=ServingLimits.from_parameters(params),
-                   pixel_dtype=params.get("pixel_values_data_type", "TYPE_FP32"))
+        return cls(root / params["assets_dir"], limits=rq.repository_limits(root),
+                   pixel_dtype=params["pixel_values_data_type"])
 
     def run(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         """Triton tensors in (QUERY, IMAGE_BYTES, IMAGE_BYTES_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID),

@@ -1,4 +1,5 @@
-"""Reading one Triton request's tensors: scalars sent `[[x]]`, strings, image bytes; and the limits.
+"""Reading one Triton request's tensors: scalars sent `[[x]]`, strings, image bytes; checks against the
+repository's limits (DeploymentLimits, read from the repository manifest).
 
 Shapes follow tensorrtllm_backend clients: every scalar arrives as `[1, 1]` (batch dim + dims [1]),
 `text_input` as a `[1, 1]` object array of UTF-8 bytes, `image_bytes_input` as uint8
@@ -8,11 +9,11 @@ Shapes follow tensorrtllm_backend clients: every scalar arrives as `[1, 1]` (bat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
+from nvlm_deploy.contracts.limits import DeploymentLimits
 from nvlm_deploy.errors import DeployError
 
 
@@ -20,25 +21,12 @@ class RequestError(DeployError):
     """A bad request: the message goes back to the client as is; the server keeps serving."""
 
 
-@dataclass(frozen=True)
-class ServingLimits:
-    """Per-request limits enforced before any model runs (written into config.pbtxt parameters)."""
+def repository_limits(root: Path) -> DeploymentLimits:
+    """The limits of the repository at `root`, from its manifest (written by `nvlm-deploy package`)."""
+    from nvlm_deploy.contracts.manifest import RepositoryManifest, read_manifest
 
-    max_input_len: int  # prompt tokens, image slots included
-    max_output_len: int  # most `max_tokens`
-    max_images: int  # images per request
-    max_tiles: int  # tiles per image before the thumbnail
-    max_prompt_table_size: int  # image tokens per request (rows of the prompt table)
-
-    def as_parameters(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_parameters(cls, params: Mapping[str, str]) -> "ServingLimits":
-        try:
-            return cls(**{f.name: int(params[f.name]) for f in fields(cls)})
-        except (KeyError, ValueError) as exc:
-            raise DeployError(f"config.pbtxt parameters lack a valid limit ({exc}); re-run `nvlm-deploy package`.") from None
+    manifest = read_manifest(root, RepositoryManifest, writer="nvlm-deploy package")
+    return DeploymentLimits.from_dict(manifest.limits, source=str(root / "manifest.json"))
 
 
 def first(array: np.ndarray | None, default=None):
@@ -86,7 +74,7 @@ def images(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[
     return [data[k, :n].tobytes() for k, n in enumerate(sizes)]
 
 
-def max_tokens(value, limits: ServingLimits) -> int:
+def max_tokens(value, limits: DeploymentLimits) -> int:
     if value is None:
         raise RequestError("max_tokens is missing; send it as a [1, 1] INT32 tensor.")
     n = int(value)
@@ -96,12 +84,12 @@ def max_tokens(value, limits: ServingLimits) -> int:
     return n
 
 
-def check_prompt(num_ids: int, num_image_tokens: int, limits: ServingLimits) -> None:
+def check_prompt(num_ids: int, num_image_tokens: int, limits: DeploymentLimits) -> None:
     if num_ids > limits.max_input_len:
         raise RequestError(f"the prompt is {num_ids} tokens long (image tokens included), more than this "
                            f"repository's max_input_len of {limits.max_input_len}; shorten the text, send fewer "
                            "or smaller images, or re-package with a larger --max-input-len.")
-    if num_image_tokens > limits.max_prompt_table_size:
+    if num_image_tokens > limits.prompt_table_rows_per_request:
         raise RequestError(f"the images need {num_image_tokens} image tokens, more than this repository's "
-                           f"prompt table of {limits.max_prompt_table_size} rows per request; send fewer or "
-                           "smaller images.")
+                           f"prompt table of {limits.prompt_table_rows_per_request} rows per request; send fewer "
+                           "or smaller images.")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nvlm_deploy.contracts.client_tensors import CLIENT_INPUTS, IMAGE_BYTES, IMAGE_LENGTHS, TEXT_INPUT, TEXT_OUTPUT
 from nvlm_deploy.errors import DeployError
 
 DEFAULT_MODEL = "tensorrt_llm_bls"
-OUTPUT = "text_output"
+OUTPUT = TEXT_OUTPUT.name
 
 
 class ServerError(DeployError):
@@ -62,31 +63,21 @@ def image_arrays(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return data, np.array([[len(b) for b in images]], dtype=np.int32)
 
 
-# input name -> (triton dtype, numpy dtype, ChatRequest field)
-SCALARS = {
-    "max_tokens": ("INT32", np.int32, "max_tokens"),
-    "stream": ("BOOL", bool, "stream"),
-    "exclude_input_in_output": ("BOOL", bool, "exclude_input_in_output"),
-    "temperature": ("FP32", np.float32, "temperature"),
-    "top_k": ("INT32", np.int32, "top_k"),
-    "top_p": ("FP32", np.float32, "top_p"),
-    "seed": ("UINT64", np.uint64, "seed"),
-    "end_id": ("INT32", np.int32, "end_id"),
-    "pad_id": ("INT32", np.int32, "pad_id"),
-}
+# wire type -> NumPy dtype of the scalars the client sends
+_NUMPY = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": bool}
 
 
 def input_arrays(request: ChatRequest) -> dict[str, tuple[str, np.ndarray]]:
-    """name -> (triton dtype, array) of every tensor the request sends."""
-    arrays = {"text_input": ("BYTES", np.array([[request.prompt.encode("utf-8")]], dtype=object))}
+    """name -> (triton dtype, array) of every tensor the request sends (contracts.client_tensors)."""
+    arrays = {TEXT_INPUT: ("BYTES", np.array([[request.prompt.encode("utf-8")]], dtype=object))}
     if request.images:
         data, lengths = image_arrays(request.images)
-        arrays["image_bytes_input"] = ("UINT8", data)
-        arrays["image_bytes_lengths"] = ("INT32", lengths)
-    for name, (triton_type, np_type, field) in SCALARS.items():
-        value = getattr(request, field)
+        arrays[IMAGE_BYTES] = ("UINT8", data)
+        arrays[IMAGE_LENGTHS] = ("INT32", lengths)
+    for tensor in CLIENT_INPUTS:
+        value = getattr(request, tensor.request_field) if tensor.request_field else None
         if value is not None:
-            arrays[name] = (triton_type, np.array([[value]], dtype=np_type))
+            arrays[tensor.name] = (tensor.wire_type, np.array([[value]], dtype=_NUMPY[tensor.wire_type]))
     return arrays
 
 

@@ -21,15 +21,17 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from nvlm_deploy.serve import server as srv
-    from nvlm_deploy.serve.launch import check_repository
+    from nvlm_deploy.serve.launch import check_paths, check_repository
 
     manifest = check_repository(args.repo)
-    world_size = int(manifest["settings"].get("world_size", 1))
+    check_paths(args.repo)
+    # the CPU runtime merges every rank in one process; only GPU engines run one server per rank
+    world_size = manifest.world_size if manifest.runtime == "gpu" else 1
     if args.print_command:
         print(" ".join(srv.launch_command(args.repo, grpc_port=args.grpc_port, http_port=args.http_port,
                                           host=args.host, world_size=world_size)))
         return 0
-    print(f"starting tritonserver on {args.repo} ({manifest['settings']['runtime']} runtime, world size {world_size})")
+    print(f"starting tritonserver on {args.repo} ({manifest.runtime} runtime, world size {world_size})")
     server = srv.start_server(args.repo, grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
                               log_path=args.log, timeout=args.timeout, world_size=world_size)
     print(f"ready: gRPC {server.grpc_url}, HTTP {server.host}:{server.http_port} (pid {server.pid}, log {server.log_path}); "

@@ -16,41 +16,65 @@ REBUILD = ("rebuild the engines on this machine (`nvlm-deploy build vision` and 
            "with --out {engines}, then `nvlm-deploy package --runtime gpu`), or package --runtime cpu")
 
 
-def read_repository(repo: str | Path) -> dict:
-    from nvlm_deploy.artifacts import read_manifest
+def read_repository(repo: str | Path):
+    """The repository's typed manifest (RepositoryManifest)."""
+    from nvlm_deploy.contracts.manifest import RepositoryManifest, read_manifest
 
     repo = Path(repo)
     if not (repo / "manifest.json").is_file():
         raise DeployError(f"{repo}/manifest.json does not exist: {repo} is not a repository written by "
                           "`nvlm-deploy package` (write one with `nvlm-deploy package --engines DIR --out REPO`).")
-    return read_manifest(repo, stage="model_repository")
+    return read_manifest(repo, RepositoryManifest, writer="nvlm-deploy package")
 
 
-def engine_mismatches(manifest: dict, local) -> list[str]:
+def _sm(value: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(x) for x in str(value).split(".")) if value else None
+    except ValueError:
+        return None
+
+
+def runs_on(built: dict, local_cc: str) -> bool:
+    """Whether an engine built on `built` (GPU + hardware_compat) runs on compute capability `local_cc`.
+
+    hardware_compat "none": the build GPU's SM only; "ampere+": TensorRT 10's AMPERE_PLUS, any SM >= 8.0
+    (build.vision_engine.HARDWARE_COMPAT).
+    """
+    from nvlm_deploy.build.vision_engine import HARDWARE_COMPAT
+
+    _, lowest = HARDWARE_COMPAT.get(built.get("hardware_compat") or "none", ("NONE", None))
+    if lowest is not None:
+        local = _sm(local_cc)
+        return local is not None and local >= _sm(lowest)
+    return built.get("compute_capability") == local_cc
+
+
+def engine_mismatches(manifest, local) -> list[str]:
     """What differs between the engines' build machine(s) and `local` (a GpuInfo); [] when they fit."""
     problems = []
-    for stage, built in (manifest.get("engines_gpu") or {}).items():
+    for stage, built in (manifest.engines_gpu or {}).items():
         if not built:
             continue
         if local.compute_capability is None:
             problems.append(f"{stage}/ engine was built for {built.get('name')} (SM {built.get('compute_capability')}) "
                             "but this machine has no NVIDIA GPU")
-        elif built.get("compute_capability") != local.compute_capability:
-            problems.append(f"{stage}/ engine was built for {built.get('name')} (SM {built.get('compute_capability')}); "
-                            f"this GPU is {local.name} (SM {local.compute_capability})")
+        elif not runs_on(built, local.compute_capability):
+            compat = built.get("hardware_compat") or "none"
+            problems.append(f"{stage}/ engine was built for {built.get('name')} (SM {built.get('compute_capability')}, "
+                            f"hardware compatibility {compat}); this GPU is {local.name} (SM {local.compute_capability})")
         if built.get("tensorrt") and local.tensorrt and built["tensorrt"] != local.tensorrt:
             problems.append(f"{stage}/ engine was built with TensorRT {built['tensorrt']}; this machine has {local.tensorrt}")
-    built_llm = manifest.get("tensorrt_llm")
+    built_llm = manifest.tensorrt_llm
     if built_llm and built_llm != local.tensorrt_llm:
         problems.append(f"llm/ engine was built with TensorRT-LLM {built_llm}; this machine has "
                         f"{local.tensorrt_llm or 'no TensorRT-LLM'} (the tritonserver container's TensorRT-LLM must match)")
     return problems
 
 
-def check_repository(repo: str | Path, *, local=None) -> dict:
+def check_repository(repo: str | Path, *, local=None):
     """Raise DeployError when a GPU repository's engines do not fit this machine; return the manifest."""
     manifest = read_repository(repo)
-    if manifest["settings"]["runtime"] != "gpu":
+    if manifest.runtime != "gpu":
         return manifest
     if local is None:
         from nvlm_deploy.build.gpu import describe_local_gpu
@@ -58,9 +82,23 @@ def check_repository(repo: str | Path, *, local=None) -> dict:
         local = describe_local_gpu()
     problems = engine_mismatches(manifest, local)
     if problems:
-        engines = manifest.get("inputs", {}).get("engines", "<target dir>")
         raise DeployError(f"the engines in {repo} do not fit this machine:\n  - " + "\n  - ".join(problems)
-                          + "\nFix: " + REBUILD.format(engines=engines) + ".")
+                          + "\nFix: " + REBUILD.format(engines=manifest.target) + ".")
+    return manifest
+
+
+def check_paths(repo: str | Path, *, log=print):
+    """Every path in every config must exist; when the repository moved, relocate it (and say so)."""
+    from nvlm_deploy.serve.repository_paths import missing_paths, relocate_repository
+
+    repo = Path(repo)
+    manifest = read_repository(repo)
+    missing = missing_paths(repo, manifest)
+    if not missing:
+        return manifest
+    relocate_repository(repo)  # raises, naming the path, when the relative layout does not hold either
+    log(f"relocated {repo}: its configs named paths that do not exist here ({missing[0]}"
+        + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + "); rewrote them from the repository's place")
     return manifest
 
 

@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 
-from nvlm_deploy.serve.bls import BlsHandler, make_decode
-from nvlm_deploy.serve.llm import LlmHandler
-from nvlm_deploy.serve.preprocessing import PreprocessingHandler
-from nvlm_deploy.serve.request_inputs import ServingLimits
-from nvlm_deploy.serve.vision import VisionHandler
-
-from .conftest import LIMITS
+from nvlm_deploy.backend.bls import BlsHandler, make_decode
+from nvlm_deploy.backend.llm import LlmHandler
+from nvlm_deploy.backend.preprocessing import PreprocessingHandler
+from nvlm_deploy.backend.request_inputs import repository_limits
+from nvlm_deploy.backend.vision import VisionHandler
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +15,12 @@ def pipeline(cpu_repo, engines):
     from nvlm_deploy.runtime.decoder import TrtllmCheckpointRuntime
     from nvlm_deploy.runtime.vision import OnnxVisionEncoder
 
-    limits = ServingLimits(max_input_len=2048, max_output_len=64, max_images=2, max_tiles=2, max_prompt_table_size=2304)
+    limits = repository_limits(cpu_repo)
     pre = PreprocessingHandler(cpu_repo / "preprocessing" / "assets", limits=limits)
     runtime = TrtllmCheckpointRuntime.load(engines / "trtllm_checkpoint")
-    vision = VisionHandler(OnnxVisionEncoder(engines / "onnx"), hidden_size=runtime.hidden_size)
-    llm = LlmHandler(runtime, max_input_len=2048, max_output_len=64)
+    vision = VisionHandler(OnnxVisionEncoder(engines / "onnx"), hidden_size=runtime.hidden_size,
+                           max_tiles=limits.max_tiles_per_request)
+    llm = LlmHandler(runtime, max_input_len=limits.max_input_len, max_output_len=limits.max_output_len)
     calls = []
 
     def encode(pixels):
@@ -33,7 +32,7 @@ def pipeline(cpu_repo, engines):
         llm.run([llm.parse(inputs)], lambda k, ids, length: out.append(ids))
         return out
 
-    from nvlm_deploy.serve.detokenize import byte_level_unfinished
+    from nvlm_deploy.backend.detokenize import byte_level_unfinished
 
     bls = BlsHandler(make_decode(pre.tokenizer), preprocess=pre.run, encode=encode, generate=generate,
                      unfinished=byte_level_unfinished(cpu_repo / "preprocessing" / "assets" / "tokenizer.json"))

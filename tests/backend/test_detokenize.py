@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from nvlm_deploy.serve.detokenize import IncrementalDetokenizer, byte_level_unfinished, stream_text
+from nvlm_deploy.backend.detokenize import IncrementalDetokenizer, byte_level_unfinished, stream_text
 
 TEXTS = ["日本語のテキスト。 中文文本。", "Café crème, Über alles 🙂 🚀 ✓", "plain ascii text", "é🙂é🙂"]
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from nvlm_deploy.serve.llm import LlmHandler
-from nvlm_deploy.serve.request_inputs import RequestError
+from nvlm_deploy.backend.llm import LlmHandler
+from nvlm_deploy.backend.request_inputs import RequestError
 
 
 def test_streaming_and_exclude_input_follow_tensorrt_llm(engines, tiny_checkpoint):

@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from nvlm_deploy.serve import request_inputs as rq
-from nvlm_deploy.serve.preprocessing import PreprocessingHandler
-from nvlm_deploy.serve.request_inputs import RequestError, ServingLimits
+from nvlm_deploy.backend import request_inputs as rq
+from nvlm_deploy.backend.preprocessing import PreprocessingHandler
+from nvlm_deploy.backend.request_inputs import RequestError
 
-from .conftest import LIMITS
+from tests.serving import LIMITS
 
 
 @pytest.fixture(scope="module")
 def handler(cpu_repo):
-    from nvlm_deploy.serve.pbutils import model_setup
+    from nvlm_deploy.backend.pbutils import model_setup
 
     config, params, root = model_setup({"model_config": _config_json(cpu_repo), "model_repository": str(cpu_repo / "preprocessing")})
     return PreprocessingHandler.from_parameters(root, params)
@@ -46,7 +46,7 @@ def test_images_become_tiles_and_slots_like_the_preprocessor(handler, images):
     want = handler.preprocessor.prepare("<image> vs <image>", images)
     assert out["INPUT_ID"][0].tolist() == want.input_ids
     np.testing.assert_array_equal(out["PIXEL_VALUES"][0], want.pixel_values)
-    assert max(want.tiles_per_image) <= LIMITS["max_tiles"] + 1
+    assert max(want.tiles_per_image) <= LIMITS["max_tiles_before_thumbnail"] + 1
 
 
 @pytest.mark.parametrize("case, message", [
@@ -74,6 +74,5 @@ def test_image_rows_are_cut_to_their_lengths():
         rq.images(data, np.array([[5, 1]], np.int32))
 
 
-def test_limits_round_trip_through_parameters():
-    limits = ServingLimits(max_input_len=10, max_output_len=2, max_images=1, max_tiles=3, max_prompt_table_size=4)
-    assert ServingLimits.from_parameters(limits.as_parameters()) == limits
+def test_limits_come_from_the_repository_manifest(handler):
+    assert handler.limits.choices() == LIMITS

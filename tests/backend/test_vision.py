@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.serve.vision import ENCODERS, VisionHandler
+from nvlm_deploy.backend.vision import ENCODERS, VisionHandler
 
 
 class Counting:
@@ -20,7 +20,16 @@ class Counting:
 def handler(engines):
     from nvlm_deploy.runtime.vision import OnnxVisionEncoder
 
-    return VisionHandler(Counting(OnnxVisionEncoder(engines / "onnx")), hidden_size=128)
+    return VisionHandler(Counting(OnnxVisionEncoder(engines / "onnx")), hidden_size=128, max_tiles=6)
+
+
+def test_more_tiles_than_the_limit_are_refused_before_the_encoder_runs(handler):
+    from nvlm_deploy.backend.request_inputs import RequestError
+
+    before = handler.encoder.runs
+    with pytest.raises(RequestError, match="7 tiles in one request; this repository takes at most 6"):
+        handler.run(np.zeros((1, 7, 3, 448, 448), np.float32))
+    assert handler.encoder.runs == before
 
 
 def test_zero_tiles_give_an_empty_table_without_running_the_encoder(handler):
@@ -59,7 +68,7 @@ def test_tensorrt_plan_matches_onnx_runtime(engines, tmp_path, reference, images
 
     from nvlm_deploy.build.vision_engine import build_vision_engine
     from nvlm_deploy.runtime.vision import OnnxVisionEncoder
-    from nvlm_deploy.serve.vision_trt import TrtPlanVisionEncoder
+    from nvlm_deploy.backend.vision_trt import TrtPlanVisionEncoder
 
     target = tmp_path / "target"
     shutil.copytree(engines / "onnx", target / "onnx")

@@ -1,35 +1,51 @@
-import json
-
 import pytest
 
 from nvlm_deploy.build.gpu import GpuInfo
+from nvlm_deploy.contracts.manifest import RepositoryManifest, read_manifest, write_manifest
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.serve.launch import check_repository, engine_mismatches, leader_mode_command
+from nvlm_deploy.serve.launch import check_repository, engine_mismatches, leader_mode_command, runs_on
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 79.1, "10.11.0", "1.2.0")
 L40S = GpuInfo("NVIDIA L40S", "8.9", 44.5, "10.11.0", "1.2.0")
+A100 = GpuInfo("NVIDIA A100-SXM4-80GB", "8.0", 79.1, "10.11.0", "1.2.0")
+T4 = GpuInfo("Tesla T4", "7.5", 14.6, "10.11.0", "1.2.0")
 CPU = GpuInfo(None, None, None, None, None)
 
 
-def gpu_repo(tmp_path, built=H100, trtllm="1.2.0"):
+def gpu_repo(tmp_path, built=H100, trtllm="1.2.0", vision_compat="none"):
+    """A GPU repository's manifest as `package --runtime gpu` writes it (no engines: nothing here loads them)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "manifest.json").write_text(json.dumps({
-        "stage": "model_repository", "settings": {"runtime": "gpu", "world_size": 2},
-        "inputs": {"engines": "/eng/h100-sxm-bf16-tp2"},
-        "engines_gpu": {"vision": built.as_dict(), "llm": built.as_dict()}, "tensorrt_llm": trtllm}))
+    write_manifest(repo, RepositoryManifest(
+        runtime="gpu", target="/eng/h100-sxm-bf16-tp2", model_dir="/models/nvlm-d", limits={}, world_size=2,
+        prompt_table_precision="bf16", kv_cache={}, tensorrt_llm=trtllm, models=[], paths={},
+        engines_gpu={"vision": {**built.as_dict(), "hardware_compat": vision_compat},
+                     "llm": {**built.as_dict(), "hardware_compat": "none"}}))
     return repo
 
 
 def test_matching_machine_passes(tmp_path):
-    assert check_repository(gpu_repo(tmp_path), local=H100)["settings"]["world_size"] == 2
+    assert check_repository(gpu_repo(tmp_path), local=H100).world_size == 2
+
+
+def test_hardware_compatible_engines_run_on_later_architectures(tmp_path):
+    ampere_plus = {**A100.as_dict(), "hardware_compat": "ampere+"}
+    assert runs_on(ampere_plus, "9.0") and runs_on(ampere_plus, "8.9") and runs_on(ampere_plus, "10.0")
+    assert not runs_on(ampere_plus, "7.5")
+    exact = {**A100.as_dict(), "hardware_compat": "none"}
+    assert runs_on(exact, "8.0") and not runs_on(exact, "9.0")
+    # the vision engine built Ampere+ on an A100 passes on an H100; the decoder engine still must match
+    problems = engine_mismatches(read_manifest(gpu_repo(tmp_path, built=A100, vision_compat="ampere+"),
+                                               RepositoryManifest), H100)
+    assert len(problems) == 1 and problems[0].startswith("llm/")
 
 
 def test_other_gpu_is_refused_with_what_was_built_for_what_and_how_to_rebuild(tmp_path):
     with pytest.raises(DeployError) as exc:
         check_repository(gpu_repo(tmp_path), local=L40S)
     message = str(exc.value)
-    assert "built for NVIDIA H100 80GB HBM3 (SM 9.0)" in message and "NVIDIA L40S (SM 8.9)" in message
+    assert "built for NVIDIA H100 80GB HBM3 (SM 9.0, hardware compatibility none)" in message
+    assert "NVIDIA L40S (SM 8.9)" in message
     assert "nvlm-deploy build llm" in message and "/eng/h100-sxm-bf16-tp2" in message
 
 
@@ -40,8 +56,8 @@ def test_other_tensorrt_llm_version_is_refused(tmp_path):
 
 
 def test_no_gpu_is_a_mismatch_but_cpu_repositories_need_none(tmp_path, cpu_repo):
-    assert any("no NVIDIA GPU" in p for p in engine_mismatches(json.loads((gpu_repo(tmp_path) / "manifest.json").read_text()), CPU))
-    assert check_repository(cpu_repo, local=CPU)["settings"]["runtime"] == "cpu"
+    assert any("no NVIDIA GPU" in p for p in engine_mismatches(read_manifest(gpu_repo(tmp_path), RepositoryManifest), CPU))
+    assert check_repository(cpu_repo, local=CPU).runtime == "cpu"
 
 
 def test_not_a_repository(tmp_path):

@@ -26,9 +26,9 @@ def test_quickstart_goes_all_the_way(tiny_checkpoint, images, tmp_path):
     repo = tmp_path / "work" / tiny_checkpoint.name / "cpu-fp32" / "model_repository"
     assert (repo / "manifest.json").is_file()
     from nvlm_deploy.model.generate import ReferencePipeline
-    from nvlm_deploy.serve.bls import make_decode
+    from nvlm_deploy.backend.bls import make_decode
 
-    reference = ReferencePipeline.from_model_dir(tiny_checkpoint, dtype="float32")  # the package's default limits
+    reference = ReferencePipeline.from_model_dir(tiny_checkpoint, dtype="fp32")  # the package's default limits
     want = reference.generate_ids(reference.preprocessor.prepare("What color is the shape?", [images[0]]), max_new_tokens=8)
     answer = out.split("answer:\n", 1)[1].split("\nserver stopped", 1)[0]
     assert answer == make_decode(reference.tokenizer)(want)

@@ -8,7 +8,7 @@ import queue
 import numpy as np
 import pytest
 
-from nvlm_deploy.serve.bls import make_decode
+from nvlm_deploy.backend.bls import make_decode
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -211,7 +211,7 @@ def test_serve_cli_waits_until_ready_and_stops_cleanly_on_ctrl_c(cpu_repo):
 
 def test_multibyte_characters_stream_whole_and_join_to_exactly_the_text(multibyte_server, images):
     """A checkpoint built to answer "日🙂é..." one byte per token: every character is split across tokens."""
-    from .conftest import MULTIBYTE_TEXT
+    from tests.serving import MULTIBYTE_TEXT
 
     text = MULTIBYTE_TEXT * 2  # 18 bytes = 18 tokens
     with client(multibyte_server) as bls:

@@ -6,8 +6,8 @@ Streamed text decoded per response can split multi-byte characters; tensorrt_llm
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nvlm_deploy.serve import pbutils
-from nvlm_deploy.serve.bls import make_decode
+from nvlm_deploy.backend import pbutils
+from nvlm_deploy.backend.bls import make_decode
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 
 

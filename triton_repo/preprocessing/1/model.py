@@ -1,10 +1,10 @@
-"""preprocessing: prompt + image bytes -> ids with image slots and tiles (nvlm_deploy.serve.preprocessing)."""
+"""preprocessing: prompt + image bytes -> ids with image slots and tiles (nvlm_deploy.backend.preprocessing)."""
 
 import triton_python_backend_utils as pb_utils
 
-from nvlm_deploy.serve import pbutils
-from nvlm_deploy.serve.preprocessing import PreprocessingHandler
-from nvlm_deploy.serve.request_inputs import RequestError
+from nvlm_deploy.backend import pbutils
+from nvlm_deploy.backend.preprocessing import PreprocessingHandler
+from nvlm_deploy.backend.request_inputs import RequestError
 
 
 class TritonPythonModel:

@@ -1,13 +1,13 @@
-"""tensorrt_llm (CPU runtime): tensorrtllm_backend's tensors over nvlm_deploy.runtime (nvlm_deploy.serve.llm).
+"""tensorrt_llm (CPU runtime): tensorrtllm_backend's tensors over nvlm_deploy.runtime (nvlm_deploy.backend.llm).
 
 Decoupled: streamed tokens go out as they are generated; requests that arrive together run together.
 """
 
 import triton_python_backend_utils as pb_utils
 
-from nvlm_deploy.serve import pbutils
-from nvlm_deploy.serve.llm import LlmHandler
-from nvlm_deploy.serve.request_inputs import RequestError
+from nvlm_deploy.backend import pbutils
+from nvlm_deploy.backend.llm import LlmHandler
+from nvlm_deploy.backend.request_inputs import RequestError
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

@@ -1,4 +1,4 @@
-"""tensorrt_llm_bls: the main entry point (nvlm_deploy.serve.bls).
+"""tensorrt_llm_bls: the main entry point (nvlm_deploy.backend.bls).
 
 Calls preprocessing, vision_encoder only when the request has images, tensorrt_llm (decoupled),
 and detokenizes incrementally so streamed chunks concatenate to exactly the whole text. Each
@@ -10,10 +10,11 @@ import threading
 import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
-from nvlm_deploy.serve import pbutils
-from nvlm_deploy.serve.bls import BlsHandler, make_decode
-from nvlm_deploy.serve.detokenize import byte_level_unfinished
-from nvlm_deploy.serve.request_inputs import RequestError
+from nvlm_deploy.backend import pbutils
+from nvlm_deploy.contracts.client_tensors import TEXT_OUTPUT
+from nvlm_deploy.backend.bls import BlsHandler, make_decode
+from nvlm_deploy.backend.detokenize import byte_level_unfinished
+from nvlm_deploy.backend.request_inputs import RequestError
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID"]
@@ -37,7 +38,7 @@ class TritonPythonModel:
         sender = request.get_response_sender()
 
         def send(text, final):
-            out = pb_utils.Tensor("text_output", pbutils.text_tensor("text_output", text))
+            out = pb_utils.Tensor(TEXT_OUTPUT.name, pbutils.text_tensor(text))
             sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=FINAL if final else 0)
 
         try:

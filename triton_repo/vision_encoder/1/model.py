@@ -1,18 +1,21 @@
-"""vision_encoder: tiles -> prompt table, ONNX Runtime (cpu) or TensorRT plan (gpu) (nvlm_deploy.serve.vision)."""
+"""vision_encoder: tiles -> prompt table, ONNX Runtime (cpu) or TensorRT plan (gpu) (nvlm_deploy.backend.vision).
+
+The table leaves in the decoder's precision (this config's output data_type): the C++ backend
+refuses any other.
+"""
 
 import triton_python_backend_utils as pb_utils
 
-from nvlm_deploy.serve import pbutils
-from nvlm_deploy.serve.request_inputs import RequestError
-from nvlm_deploy.serve.vision import VisionHandler
+from nvlm_deploy.backend import pbutils
+from nvlm_deploy.backend.vision import VisionHandler
+from nvlm_deploy.errors import DeployError
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config, params, root = pbutils.model_setup(args)
         self.handler = VisionHandler.from_parameters(root, params)
-        table = next(o for o in config["output"] if o["name"] == "prompt_embedding_table")
-        self.bf16 = table["data_type"] == "TYPE_BF16"  # numpy has no bf16: hand it over through dlpack
+        self.table_type = next(o for o in config["output"] if o["name"] == "prompt_embedding_table")["data_type"]
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
@@ -21,12 +24,8 @@ class TritonPythonModel:
         pixels = pb_utils.get_input_tensor_by_name(request, "pixel_values").as_numpy()
         try:
             table, vocab = self.handler.run(pixels)
-        except RequestError as exc:
+        except DeployError as exc:  # a request over the limits or the engine's profile: its own error
             return pbutils.error_response(pb_utils, str(exc))
-        if self.bf16:
-            import torch
-
-            out = pb_utils.Tensor.from_dlpack("prompt_embedding_table", torch.from_numpy(table).to(torch.bfloat16))
-        else:
-            out = pb_utils.Tensor("prompt_embedding_table", table)
-        return pb_utils.InferenceResponse(output_tensors=[out, pb_utils.Tensor("prompt_vocab_size", vocab)])
+        return pb_utils.InferenceResponse(output_tensors=[
+            pbutils.table_tensor(pb_utils, "prompt_embedding_table", table, self.table_type),
+            pb_utils.Tensor("prompt_vocab_size", vocab)])
