@@ -1,0 +1,102 @@
+"""triton_repo/tensorrt_llm_bls/1/model.py in-process (pb_utils stand-in): its BLS requests reach the
+preprocessing, vision_encoder and tensorrt_llm model.py files of the same packaged CPU repository."""
+
+import pytest
+
+from nvlm_deploy.backend.bls import make_decode
+from nvlm_deploy.client.tensors import ChatRequest, input_arrays
+from tests.triton_repo import pb_utils_standin as pb
+from tests.triton_repo.in_process import (check_final_once_and_last, is_decoupled, load_model, model_config,
+                                          outputs, request)
+
+PROMPTS = {"text-only": ("Hello, how are you?", 0), "one image": ("What is in the picture?", 1),
+           "two images": ("<image> and <image>: which shape is on the left?", 2)}
+
+
+@pytest.fixture(scope="module")
+def bls(cpu_repo):
+    """The BLS model, with the models it calls (named by its config) served in-process."""
+    params = model_config(cpu_repo, "tensorrt_llm_bls").parameters
+    names = {model: params[f"{model}_model"].string_value
+             for model in ("preprocessing", "vision_encoder", "tensorrt_llm")}
+    for model, name in names.items():
+        pb.register_model(name, load_model(cpu_repo, model), decoupled=is_decoupled(cpu_repo, model))
+    assert is_decoupled(cpu_repo, "tensorrt_llm_bls")
+    yield load_model(cpu_repo, "tensorrt_llm_bls")
+    for name in names.values():
+        pb.unregister_model(name)
+
+
+def send(bls, *requests: ChatRequest) -> list[list]:
+    """Each request's sends (response, flags), once its final flag came (the BLS answers from threads)."""
+    incoming = [request(**{name: array for name, (_, array) in input_arrays(r).items()}) for r in requests]
+    assert bls.execute(incoming) is None
+    sent = [r.get_response_sender().wait_final() for r in incoming]
+    for s in sent:
+        check_final_once_and_last(s)
+    return sent
+
+
+def chunks(sent: list) -> list[str]:
+    out = []
+    for response, _ in sent:
+        (text,) = outputs(response)["text_output"].as_numpy().reshape(-1)  # [1, 1] BYTES
+        out.append(text.decode("utf-8"))
+    return out
+
+
+def ask(bls, prompt: str, images=(), **options) -> list[str]:
+    (sent,) = send(bls, ChatRequest(prompt, tuple(images), **{"max_tokens": 16, **options}))
+    return chunks(sent)
+
+
+def reference_text(reference, prompt, images, max_tokens=16) -> str:
+    ids = reference.generate_ids(reference.preprocessor.prepare(prompt, images), max_new_tokens=max_tokens)
+    assert ids, "the reference generated nothing; pick another prompt"
+    return make_decode(reference.tokenizer)(ids)
+
+
+@pytest.mark.parametrize("case", list(PROMPTS))
+def test_answer_equals_the_reference_and_text_only_skips_the_vision_encoder(bls, reference, images, case):
+    prompt, n = PROMPTS[case]
+    pb.EXEC_LOG.clear()
+    assert ask(bls, prompt, images[:n]) == [reference_text(reference, prompt, images[:n])]
+    assert pb.EXEC_LOG == ["preprocessing"] + (["vision_encoder"] if n else []) + ["tensorrt_llm"]
+
+
+def test_streamed_and_echoed_chunks_concatenate_to_the_whole_text(bls, reference):
+    prompt = "Describe the image in detail."  # the tiny model's answer streams in many chunks
+    whole = reference_text(reference, prompt, [], max_tokens=24)
+    streamed = ask(bls, prompt, stream=True, max_tokens=24)
+    assert len(streamed) > 1 and "".join(streamed) == whole
+    (echoed,) = ask(bls, prompt, exclude_input_in_output=False, max_tokens=24)
+    assert echoed.endswith(whole) and prompt in echoed
+    assert "".join(ask(bls, prompt, stream=True, exclude_input_in_output=False, max_tokens=24)) == echoed
+
+
+def test_requests_of_one_call_get_their_own_answers(bls, reference, images):
+    prompts = [("Hello, how are you?", []), ("What is in the picture?", images[:1])]
+    sent = send(bls, *(ChatRequest(p, tuple(i), max_tokens=16) for p, i in prompts))
+    assert [chunks(s) for s in sent] == [[reference_text(reference, p, i)] for p, i in prompts]
+
+
+BAD = {
+    "corrupt image": (dict(images=(b"\x89PNG\r\n\x1a\nnot really",)), "not an image"),
+    "too many images": (dict(images="three"), "more than this repository's limit of 2"),
+    "max_tokens over the limit": (dict(max_tokens=65), "between 1 and 64"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_request_gets_one_final_error_and_the_next_is_served(bls, reference, images, case):
+    options, message = BAD[case]
+    if options.get("images") == "three":
+        options = {**options, "images": (images[0],) * 3}
+    bad, good = send(bls, ChatRequest("What is it?", **{"max_tokens": 16, **options}),
+                     ChatRequest("Hello, how are you?", max_tokens=16))
+    ((response, flags),) = bad
+    assert flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL and response.has_error()
+    assert message in response.error().message()
+    want = reference_text(reference, "Hello, how are you?", [])
+    assert chunks(good) == [want]
+    assert ask(bls, "Hello, how are you?") == [want]
