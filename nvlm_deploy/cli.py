@@ -18,6 +18,7 @@ from nvlm_deploy.errors import DeployError
 # (words on the command line, module in nvlm_deploy.commands). Two words make a nested command.
 COMMANDS: list[tuple[str, str]] = [
     ("tiny", "tiny"),
+    ("plan", "plan"),
     ("generate", "generate"),
     ("convert vision", "convert_vision"),
     ("convert llm", "convert_llm"),
