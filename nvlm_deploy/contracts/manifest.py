@@ -171,23 +171,12 @@ def read_manifest(directory: str | Path, kind: type[M], *, writer: str = "the st
         kind: the manifest dataclass expected there.
         writer: the command that writes it, for the message.
     """
+    from nvlm_deploy.jsonfile import dataclass_values, read_json_object
+
     path = Path(directory) / MANIFEST
-    fix = f"re-run `{writer}`"
-    if not path.is_file():
-        raise DeployError(f"{path} does not exist: {directory} is not a finished nvlm-deploy artifact; {fix}.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeployError(f"{path} is not valid JSON ({exc}); the artifact is damaged: {fix}.") from None
-    if not isinstance(raw, dict):
-        raise DeployError(f"{path} is not a JSON object; {fix}.")
+    fix = f"{directory} is not a finished nvlm-deploy artifact; re-run `{writer}`"
+    raw = read_json_object(path, fix=fix)
     if raw.get("stage") != kind.STAGE:
         raise DeployError(f"{path} describes a '{raw.get('stage')}' artifact, not '{kind.STAGE}'; "
-                          f"point at the right directory or {fix}.")
-    fields = {f.name: f for f in dataclasses.fields(kind)}
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in raw]
-    if missing:
-        raise DeployError(f"{path} lacks field(s) {missing}: it was written by another version or damaged; {fix}.")
-    return kind(**{n: raw[n] for n in fields if n in raw})
+                          f"point at the right directory or re-run `{writer}`.")
+    return kind(**dataclass_values(kind, raw, path=path, fix=fix))

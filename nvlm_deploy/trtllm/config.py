@@ -140,23 +140,14 @@ class TrtllmConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "TrtllmConfig":
         """Read a checkpoint's config.json; clear errors for what this project cannot run."""
+        from nvlm_deploy.jsonfile import dataclass_values, read_json_object
+
         path = Path(path)
         fix = "point at a trtllm_checkpoint/ written by `nvlm-deploy convert llm` (or re-run it)"
-        if not path.is_file():
-            raise DeployError(f"{path} does not exist: {fix}.")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DeployError(f"{path} is not valid JSON ({exc}): {fix}.") from None
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        required = [n for n, f in names.items()
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        missing = [n for n in required if n not in raw]
-        if missing:
-            raise DeployError(f"{path}: field(s) {missing} are missing: {fix}.")
+        raw = read_json_object(path, fix=fix)
         if raw.get("architecture", ARCHITECTURE) not in READABLE_ARCHITECTURES:
             raise DeployError(f"{path}: architecture {raw['architecture']!r} is not a Qwen2 decoder.")
-        values = {n: raw[n] for n in names if n in raw}
+        values = dataclass_values(cls, raw, path=path, fix=fix)
         mapping = raw["mapping"]
         values["mapping"] = MappingConfig(**{k: mapping[k] for k in ("world_size", "tp_size", "pp_size", "gpus_per_node",
                                                                       "cp_size", "moe_tp_size", "moe_ep_size")
