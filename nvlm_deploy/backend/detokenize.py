@@ -3,8 +3,9 @@
 Decoding each streamed response on its own garbles text (tensorrtllm_backend issues #34, #112,
 #332): a byte-level BPE token may hold part of a UTF-8 character, and decoders drop or add
 spaces at chunk edges. Here every step decodes a short window `ids[prefix:]` and emits only what
-`ids[prefix:read]` did not already produce; a window that ends inside a character emits nothing
-until the character completes, or until `finish()`. Whether it ends inside a character is read
+`ids[prefix:read]` did not already produce; the tokens of a character that is still unfinished at
+the end of the window wait until it completes (or `finish()`), while everything before them goes
+out at once. Whether it ends inside a character is read
 from the tokens' bytes for byte-level BPE tokenizers (Qwen2's), so a genuinely invalid byte does
 not hold the stream back; otherwise from a trailing U+FFFD in the window's text.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 REPLACEMENT = "\ufffd"
+MAX_CHAR_BYTES = 4  # UTF-8
 
 
 class IncrementalDetokenizer:
@@ -40,15 +42,29 @@ class IncrementalDetokenizer:
         self._start = len(self.ids)
 
     def push(self, new_ids: Iterable[int]) -> str:
-        """Append tokens; return the text they complete ("" while a character is unfinished)."""
+        """Append tokens; return the text they complete. Complete characters go out at once; only the
+        tokens of a character still unfinished at the end wait for the rest of it (or `finish()`)."""
         self.ids.extend(int(i) for i in new_ids)
+        end = len(self.ids)
+        # an unfinished character's lead byte is in its last 4 bytes, so in at most 4 tokens
+        for _ in range(MAX_CHAR_BYTES):
+            if end == self._read or not self._ends_unfinished(end):
+                break
+            end -= 1
+        if end == self._read or self._ends_unfinished(end):
+            return ""
         done = self._decode(self.ids[self._prefix:self._read])
-        text = self._decode(self.ids[self._prefix:])
-        pending = self._unfinished(self.ids[self._read:]) if self._unfinished else text.endswith(REPLACEMENT)
-        if len(text) > len(done) and not pending:
-            self._prefix, self._read = self._read, len(self.ids)
+        text = self._decode(self.ids[self._prefix:end])
+        if len(text) > len(done):
+            self._prefix, self._read = self._read, end
             return text[len(done):]
         return ""
+
+    def _ends_unfinished(self, end: int) -> bool:
+        """Whether ids[read:end] end inside a UTF-8 character."""
+        if self._unfinished:
+            return self._unfinished(self.ids[self._read:end])
+        return self._decode(self.ids[self._prefix:end]).endswith(REPLACEMENT)
 
     def finish(self) -> str:
         """The text not emitted yet, incomplete characters included (as the whole decode shows them)."""

@@ -101,3 +101,13 @@ def test_invalid_bytes_do_not_hold_the_stream_back(tokenizer, unfinished):
 def test_other_tokenizers_fall_back(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"decoder": {"type": "Metaspace"}, "model": {"vocab": {}}}')
     assert byte_level_unfinished(tmp_path / "tokenizer.json") is None
+
+
+def test_complete_characters_are_not_held_back_by_a_split_one_after_them(tokenizer, unfinished):
+    from tests.serving import byte_token_ids
+
+    ids = tokenizer.encode("ok ") + byte_token_ids(tokenizer, "日")[:2]  # "ok " then 2 of the 3 bytes of 日
+    detok = IncrementalDetokenizer(tokenizer.decode, unfinished=unfinished)
+    assert detok.push(ids) == "ok "  # out at once, although the chunk ends inside a character
+    assert detok.push(byte_token_ids(tokenizer, "日")[2:]) == "日"
+    assert detok.finish() == ""

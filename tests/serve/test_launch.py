@@ -87,3 +87,18 @@ def test_serve_cli_refuses_gpu_engines_here_and_prints_the_command_for_cpu(tmp_p
     assert main(["serve", str(cpu_repo), "--print-command", "--grpc-port", "9101"]) == 0
     line = capsys.readouterr().out
     assert "tritonserver --model-repository" in line and "--grpc-port 9101" in line and "--grpc-address 127.0.0.1" in line
+
+
+def test_cpu_repository_of_a_multi_rank_checkpoint_serves_in_one_process(tmp_path, cpu_repo, capsys):
+    """The CPU runtime merges every rank itself: no mpirun whatever the checkpoint's world size."""
+    import json
+    import shutil
+
+    from nvlm_deploy.cli import main
+
+    repo = shutil.copytree(cpu_repo, tmp_path / "repo")
+    manifest = json.loads((repo / "manifest.json").read_text())
+    (repo / "manifest.json").write_text(json.dumps({**manifest, "world_size": 4}))
+    assert main(["serve", str(repo), "--print-command"]) == 0
+    line = capsys.readouterr().out
+    assert "mpirun" not in line and line.split()[0].endswith("tritonserver")
