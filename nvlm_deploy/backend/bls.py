@@ -4,8 +4,11 @@
 - Streamed text is detokenized incrementally over the whole answer (serve.detokenize), so the
   chunks concatenate to exactly the non-streamed text, multi-byte characters included; the
   ensemble's `postprocessing` decodes each response alone, as tensorrtllm_backend's does.
-- `exclude_input_in_output=false` echoes the prompt as text before the answer (image slots dropped),
-  streamed or not.
+- `exclude_input_in_output=false` puts the user's `text_input` in front of a non-streamed answer,
+  as tensorrtllm_backend's BLS does (the text the user sent, not the chat-templated prompt); a
+  streamed answer never repeats the input (upstream's BLS neither).
+- The final response carries `num_input_tokens` (prompt, image tokens included) and
+  `num_output_tokens`.
 
 The model calls (`preprocess`, `encode`, `generate`) are injected: in Triton they are BLS requests
 (triton_repo/tensorrt_llm_bls/1/model.py); in tests they can be the handlers themselves.
@@ -14,6 +17,7 @@ The model calls (`preprocess`, `encode`, `generate`) are injected: in Triton the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +32,14 @@ Tensors = Mapping[str, np.ndarray | None]
 PREPROCESS_INPUTS = client_tensors.preprocessing_inputs()
 SAMPLING_INPUTS = {src: dst for src, dst in client_tensors.passthrough_inputs().items()
                    if src not in (client_tensors.STREAM, client_tensors.EXCLUDE_INPUT)}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request, sent with its final response."""
+
+    num_input_tokens: int
+    num_output_tokens: int
 
 
 class BlsHandler:
@@ -49,8 +61,8 @@ class BlsHandler:
         self.encode = encode
         self.generate = generate
 
-    def run(self, inputs: Tensors, send: Callable[[str, bool], None]) -> None:
-        """Serve one request: send(text, final) once (not streamed) or per chunk (streamed)."""
+    def run(self, inputs: Tensors, send: Callable[[str, "Usage | None"], None]) -> None:
+        """Serve one request: send(text, None) per streamed chunk, then send(text, usage) once, last."""
         pre = self.preprocess({dst: inputs.get(src) for src, dst in PREPROCESS_INPUTS.items()
                                if inputs.get(src) is not None})
         streaming = bool(rq.first(inputs.get(client_tensors.STREAM), False))
@@ -65,14 +77,18 @@ class BlsHandler:
             table, vocab = self.encode(pre["PIXEL_VALUES"])
             llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
         detok = IncrementalDetokenizer(self.decode, unfinished=self.unfinished)
-        echo = not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
-        pending = detok.push(np.asarray(pre["INPUT_ID"]).reshape(-1).tolist()) if echo else ""
+        echo = not streaming and not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
+        pending = rq.text(inputs.get(client_tensors.TEXT_INPUT)) if echo else ""
+        generated = 0
         for output_ids in self.generate(llm_inputs):
-            pending += detok.push(np.asarray(output_ids).reshape(-1).tolist())
+            ids = np.asarray(output_ids).reshape(-1).tolist()
+            generated += len(ids)
+            pending += detok.push(ids)
             if streaming and pending:
-                send(pending, False)
+                send(pending, None)
                 pending = ""
-        send(pending + detok.finish(), True)
+        prompt_len = int(np.asarray(pre["REQUEST_INPUT_LEN"]).reshape(-1)[0])
+        send(pending + detok.finish(), Usage(prompt_len, generated))
 
 
 def make_decode(tokenizer) -> Callable[[list[int]], str]:

@@ -39,14 +39,15 @@ class PreprocessingHandler:
                    pixel_dtype=params["pixel_values_data_type"])
 
     def run(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        """Triton tensors in (QUERY, IMAGE_BYTES, IMAGE_BYTES_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID),
+        """Triton tensors in (QUERY, IMAGE_BYTES, IMAGE_BYTES_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID, CHAT_HISTORY),
         tensors out, each with batch dimension 1."""
         prompt = rq.text(inputs.get("QUERY"), name="text_input")
         images = rq.images(inputs.get("IMAGE_BYTES"), inputs.get("IMAGE_BYTES_LENGTHS"))
         out_len = rq.max_tokens(rq.first(inputs.get("REQUEST_OUTPUT_LEN")), self.limits)
         end_id = rq.first(inputs.get("END_ID"), self.tokenizer.eos_id)
         pad_id = rq.first(inputs.get("PAD_ID"), self.tokenizer.pad_id)
-        prepared = self.prepare(prompt, images)
+        history = rq.chat_history(inputs.get("CHAT_HISTORY"))
+        prepared = self.prepare(prompt, images, history=history)
         ids = np.asarray(prepared.input_ids, dtype=np.int32)[None]  # [1, L]
         return {
             "INPUT_ID": ids,
@@ -57,13 +58,13 @@ class PreprocessingHandler:
             "OUT_PAD_ID": np.array([[int(pad_id)]], dtype=np.int32),
         }
 
-    def prepare(self, prompt: str, images: Sequence[bytes]):
+    def prepare(self, prompt: str, images: Sequence[bytes], *, history: Sequence[tuple[str, str]] = ()):
         """Preprocessor.prepare with the repository's limits; user mistakes become RequestError."""
         if len(images) > self.limits.max_images:
             raise RequestError(f"the request has {len(images)} images, more than this repository's limit of "
                                f"{self.limits.max_images}; send fewer images or re-package with a larger --max-images.")
         try:
-            prepared = self.preprocessor.prepare(prompt, images)
+            prepared = self.preprocessor.prepare(prompt, images, history=history)
         except RequestError:
             raise
         except DeployError as exc:  # corrupt image, empty prompt, too many pixels: the user's input

@@ -54,6 +54,29 @@ def text(array: np.ndarray | None, *, name: str = "text_input") -> str:
     return str(value)
 
 
+def chat_history(array: np.ndarray | None) -> list[tuple[str, str]]:
+    """`chat_history`: JSON [[role, content], ...] or [{"role": .., "content": ..}, ...] -> (role, content) pairs."""
+    import json
+
+    from nvlm_deploy.preprocess.prompt import ROLES
+
+    if array is None:
+        return []
+    raw = text(array, name="chat_history")
+    try:
+        turns = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"chat_history is not valid JSON ({exc}); send [[role, content], ...].") from None
+    out = []
+    for k, turn in enumerate(turns if isinstance(turns, list) else [None]):
+        pair = (turn.get("role"), turn.get("content")) if isinstance(turn, dict) else turn
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] in ROLES and isinstance(pair[1], str)):
+            raise RequestError(f"chat_history entry {k} is {turn!r}; each entry is [role, content] with role one of "
+                               f"{list(ROLES)} and content a string.")
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def images(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[bytes]:
     """Encoded image files from `image_bytes_input` [1, n, max_bytes] (+ `image_bytes_lengths` [1, n])."""
     if array is None or np.asarray(array).size == 0:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatRequest, ServerError, chunk_text, infer_inputs, is_final, read_images
+from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatChunk, ChatRequest, ServerError, chunk, infer_inputs, read_images
 
 
 class AsyncNvlmClient:
@@ -44,6 +44,13 @@ class AsyncNvlmClient:
         return "".join([text async for text in self.responses(request)])
 
     async def responses(self, request: ChatRequest) -> AsyncIterator[str]:
+        """Texts of the responses to one request."""
+        async for piece in self.events(request):
+            if piece.text:
+                yield piece.text
+
+    async def events(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Every response as a ChatChunk (the final one with token counts), until the final one."""
         inputs = infer_inputs(self._module, request)
 
         async def one():
@@ -56,10 +63,9 @@ class AsyncNvlmClient:
             async for result, error in self._client.stream_infer(inputs_iterator=one()):
                 if error is not None:
                     raise ServerError(error.message() if hasattr(error, "message") else str(error))
-                text = chunk_text(result)
-                if text:
-                    yield text
-                if is_final(result):
+                piece = chunk(result)
+                yield piece
+                if piece.final:
                     return
         except InferenceServerException as exc:
             raise DeployError(f"cannot talk to the server at {self.url}: {exc.message()}") from None

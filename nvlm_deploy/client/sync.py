@@ -8,7 +8,7 @@ import queue
 import uuid
 from collections.abc import Iterator, Sequence
 
-from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatRequest, ServerError, chunk_text, infer_inputs, is_final, read_images
+from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatChunk, ChatRequest, ServerError, chunk, infer_inputs, read_images
 from nvlm_deploy.errors import DeployError
 
 
@@ -52,6 +52,12 @@ class NvlmClient:
 
     def responses(self, request: ChatRequest) -> Iterator[str]:
         """Texts of the responses to one request over a fresh gRPC stream."""
+        for piece in self.events(request):
+            if piece.text:
+                yield piece.text
+
+    def events(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """Every response as a ChatChunk (the final one with token counts), over a fresh gRPC stream."""
         from tritonclient.utils import InferenceServerException
 
         results: queue.Queue = queue.Queue()
@@ -73,10 +79,9 @@ class NvlmClient:
                     raise DeployError(f"no response from {self.url} within {self.timeout}s.") from None
                 if error is not None:
                     raise ServerError(_message(error))
-                text = chunk_text(result)
-                if text:
-                    yield text
-                if is_final(result):
+                piece = chunk(result)
+                yield piece
+                if piece.final:
                     return
         finally:
             self._client.stop_stream(cancel_requests=True)

@@ -7,6 +7,7 @@ encoded file, zero-padded on the right) with `image_bytes_lengths` INT32 [1, num
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nvlm_deploy.contracts.client_tensors import CLIENT_INPUTS, IMAGE_BYTES, IMAGE_LENGTHS, TEXT_INPUT, TEXT_OUTPUT
+from nvlm_deploy.contracts.client_tensors import (CHAT_HISTORY, CLIENT_INPUTS, IMAGE_BYTES, IMAGE_LENGTHS, NUM_INPUT_TOKENS,
+                                                  NUM_OUTPUT_TOKENS, TEXT_INPUT, TEXT_OUTPUT)
 from nvlm_deploy.errors import DeployError
 
 DEFAULT_MODEL = "tensorrt_llm_bls"
@@ -38,6 +40,18 @@ class ChatRequest:
     seed: int | None = None
     end_id: int | None = None
     pad_id: int | None = None
+    history: tuple[tuple[str, str], ...] = ()  # earlier turns (role, content): system / user / assistant
+    stop: tuple[str, ...] = ()  # stop strings (the answer ends before them)
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One response: its text; the final one also carries the token counts (tensorrt_llm_bls)."""
+
+    text: str
+    final: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def read_images(images: Sequence[bytes | str | os.PathLike]) -> tuple[bytes, ...]:
@@ -70,6 +84,9 @@ _NUMPY = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": bo
 def input_arrays(request: ChatRequest) -> dict[str, tuple[str, np.ndarray]]:
     """name -> (triton dtype, array) of every tensor the request sends (contracts.client_tensors)."""
     arrays = {TEXT_INPUT: ("BYTES", np.array([[request.prompt.encode("utf-8")]], dtype=object))}
+    if request.history:
+        history = json.dumps([list(turn) for turn in request.history])
+        arrays[CHAT_HISTORY] = ("BYTES", np.array([[history.encode("utf-8")]], dtype=object))
     if request.images:
         data, lengths = image_arrays(request.images)
         arrays[IMAGE_BYTES] = ("UINT8", data)
@@ -97,6 +114,15 @@ def chunk_text(result) -> str:
     if array is None or array.size == 0:
         return ""
     return b"".join(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)).decode("utf-8")
+
+
+def chunk(result) -> ChatChunk:
+    """A gRPC result as a ChatChunk (token counts when the response has them)."""
+    def count(name: str) -> int | None:
+        array = result.as_numpy(name)
+        return None if array is None or array.size == 0 else int(array.reshape(-1)[0])
+
+    return ChatChunk(chunk_text(result), is_final(result), count(NUM_INPUT_TOKENS.name), count(NUM_OUTPUT_TOKENS.name))
 
 
 def is_final(result) -> bool:

@@ -28,6 +28,7 @@ class ClientTensor:
 
 
 TEXT_INPUT, IMAGE_BYTES, IMAGE_LENGTHS = "text_input", "image_bytes_input", "image_bytes_lengths"
+CHAT_HISTORY = "chat_history"
 CLIENT_INPUTS: tuple[ClientTensor, ...] = (
     ClientTensor(TEXT_INPUT, "TYPE_STRING", (1,), optional=False, preprocessing="QUERY"),
     ClientTensor(IMAGE_BYTES, "TYPE_UINT8", (-1, -1), preprocessing="IMAGE_BYTES"),
@@ -43,10 +44,17 @@ CLIENT_INPUTS: tuple[ClientTensor, ...] = (
     ClientTensor("pad_id", "TYPE_INT32", (1,), preprocessing="PAD_ID", request_field="pad_id"),
     ClientTensor("exclude_input_in_output", "TYPE_BOOL", (1,), tensorrt_llm="exclude_input_in_output",
                  request_field="exclude_input_in_output"),
+    # ours: the conversation before text_input, JSON [[role, content], ...] (roles system/user/assistant)
+    ClientTensor(CHAT_HISTORY, "TYPE_STRING", (1,), preprocessing="CHAT_HISTORY"),
 )
 TEXT_OUTPUT = ClientTensor("text_output", "TYPE_STRING", (-1,), optional=False)
+# prompt tokens (image tokens included) and generated tokens, on the BLS's final response (TensorRT-LLM's
+# tensorrt_llm model names them num_input_tokens / num_output_tokens)
+NUM_INPUT_TOKENS = ClientTensor("num_input_tokens", "TYPE_INT32", (1,), optional=False)
+NUM_OUTPUT_TOKENS = ClientTensor("num_output_tokens", "TYPE_INT32", (1,), optional=False)
 CLIENT_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT,)
-BY_NAME = {t.name: t for t in CLIENT_INPUTS + CLIENT_OUTPUTS}
+BLS_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
+BY_NAME = {t.name: t for t in CLIENT_INPUTS + BLS_OUTPUTS}
 
 # Inputs the BLS handles itself rather than passing through to tensorrt_llm.
 STREAM, EXCLUDE_INPUT = "stream", "exclude_input_in_output"
@@ -68,9 +76,10 @@ def _tensor_line(t: ClientTensor) -> str:
 
 
 def render_io() -> dict[str, str]:
-    """Template values `client_inputs` and `client_outputs`: the bodies of the input/output lists."""
+    """Template values: the bodies of the input/output lists (`bls_outputs` add the token counts)."""
     return {"client_inputs": ",\n".join(_tensor_line(t) for t in CLIENT_INPUTS),
-            "client_outputs": ",\n".join(_tensor_line(t) for t in CLIENT_OUTPUTS)}
+            "client_outputs": ",\n".join(_tensor_line(t) for t in CLIENT_OUTPUTS),
+            "bls_outputs": ",\n".join(_tensor_line(t) for t in BLS_OUTPUTS)}
 
 
 def render_ensemble_maps() -> dict[str, str]:

@@ -23,6 +23,8 @@ THUMBNAIL_TAG = "<tile_global_thumbnail>"
 CHATML = ("<|im_start|>system\n{system_message}<|im_end|>"
           "<|im_start|>user\n{query}<|im_end|>"
           "<|im_start|>assistant\n")
+TURN = "<|im_start|>{role}\n{content}<|im_end|>"
+ROLES = ("system", "user", "assistant")
 
 
 def tile_tags(num_tiles: int) -> list[str]:
@@ -36,10 +38,25 @@ def image_placeholder(num_tiles: int, *, tokens_per_tile: int) -> str:
     return "<Image>" + "".join(tag + pads for tag in tile_tags(num_tiles)) + "</Image>"
 
 
-def chatml(query: str, *, system_message: str | None = None) -> str:
-    """One user turn in NVLM-D's chatml template, ready for the assistant's answer."""
+def chatml(query: str, *, system_message: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The conversation in NVLM-D's chatml template (HF `chat()` with `history`), ready for the answer.
+
+    Args:
+        query: the last user message.
+        system_message: None means "Answer the questions."; a ("system", text) entry of `history` wins.
+        history: earlier turns as (role, content), roles "user" / "assistant" (and "system").
+    """
     system = DEFAULT_SYSTEM_MESSAGE if system_message is None else system_message
-    return CHATML.format(system_message=system, query=query)
+    turns = []
+    for role, content in history:
+        if role not in ROLES:
+            raise DeployError(f"chat history role {role!r} is not one of {list(ROLES)}.")
+        if role == "system":
+            system = content
+        else:
+            turns.append(TURN.format(role=role, content=content))
+    head, tail = CHATML.split("<|im_start|>user", 1)
+    return head.format(system_message=system) + "".join(turns) + "<|im_start|>user" + tail.format(query=query)
 
 
 def build_prompt(
@@ -48,6 +65,7 @@ def build_prompt(
     *,
     tokens_per_tile: int,
     system_message: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The full prompt text of one request, image placeholders included.
 
@@ -57,10 +75,11 @@ def build_prompt(
         tiles_per_image: tiles of each image, thumbnail included, in request order.
         tokens_per_tile: image tokens per tile (256 for NVLM-D).
         system_message: None means "Answer the questions.".
+        history: earlier turns (role, content); their `<image>` markers take the first images.
     """
-    if tiles_per_image and IMAGE_MARKER not in query:
+    if tiles_per_image and IMAGE_MARKER not in query and not any(IMAGE_MARKER in c for _, c in history):
         query = (IMAGE_MARKER + "\n") * len(tiles_per_image) + query
-    text = chatml(query, system_message=system_message)
+    text = chatml(query, system_message=system_message, history=history)
     pieces = text.split(IMAGE_MARKER)  # markers sit between pieces
     markers = len(pieces) - 1
     if markers != len(tiles_per_image):

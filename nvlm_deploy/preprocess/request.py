@@ -67,18 +67,20 @@ class Preprocessor:
     def tokens_per_tile(self) -> int:
         return self.config.tokens_per_tile
 
-    def prepare(self, prompt: str, images: Sequence[ImageInput] = ()) -> PreparedRequest:
+    def prepare(self, prompt: str, images: Sequence[ImageInput] = (), *,
+                history: Sequence[tuple[str, str]] = ()) -> PreparedRequest:
         """Tokenized prompt with image slots, and the normalized tiles of `images` in order.
 
         Args:
             prompt: the user's text; `<image>` marks where each image goes (see prompt.build_prompt).
-            images: encoded bytes, paths or PIL images.
+            images: encoded bytes, paths or PIL images (of every turn, in order).
+            history: earlier turns as (role, content) pairs (prompt.chatml).
         """
         images = self._check_request(prompt, images)
         tiles = [self.tiles(image, name=f"image #{k + 1} of the request") for k, image in enumerate(images)]
         tiles_per_image = tuple(len(t) for t in tiles)
         text = build_prompt(prompt, tiles_per_image, tokens_per_tile=self.tokens_per_tile,
-                            system_message=self.system_message)
+                            system_message=self.system_message, history=history)
         num_image_tokens = sum(tiles_per_image) * self.tokens_per_tile
         input_ids = self._image_slots(self.tokenizer.encode(text), num_image_tokens)
         size = self.config.image_size

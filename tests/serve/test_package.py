@@ -48,12 +48,12 @@ def test_cpu_repository_is_complete_and_self_describing(cpu_repo, engines):
 
 
 def test_client_tensors_come_from_one_table(cpu_repo):
-    from nvlm_deploy.contracts.client_tensors import CLIENT_INPUTS, CLIENT_OUTPUTS
+    from nvlm_deploy.contracts.client_tensors import BLS_OUTPUTS, CLIENT_INPUTS, CLIENT_OUTPUTS
 
     parsed = configs(cpu_repo)
-    for model in ("ensemble", "tensorrt_llm_bls"):
+    for model, outputs in (("ensemble", CLIENT_OUTPUTS), ("tensorrt_llm_bls", BLS_OUTPUTS)):
         assert [(i.name, i.optional) for i in parsed[model].input] == [(t.name, t.optional) for t in CLIENT_INPUTS]
-        assert [o.name for o in parsed[model].output] == [t.name for t in CLIENT_OUTPUTS]
+        assert [o.name for o in parsed[model].output] == [t.name for t in outputs]
     steps = {s.model_name: s for s in parsed["ensemble"].ensemble_scheduling.step}
     assert dict(steps["preprocessing"].input_map)["QUERY"] == "text_input"
     assert dict(steps["tensorrt_llm"].input_map)["runtime_top_k"] == "top_k"

@@ -7,11 +7,13 @@ request runs in its own thread, so concurrent requests reach tensorrt_llm togeth
 
 import threading
 
+import numpy as np
+
 import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 from nvlm_deploy.backend import pbutils
-from nvlm_deploy.contracts.client_tensors import TEXT_OUTPUT
+from nvlm_deploy.contracts.client_tensors import NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, TEXT_OUTPUT
 from nvlm_deploy.backend.bls import BlsHandler, make_decode
 from nvlm_deploy.backend.detokenize import byte_level_unfinished
 from nvlm_deploy.backend.request_inputs import RequestError
@@ -37,9 +39,12 @@ class TritonPythonModel:
     def _serve(self, request):
         sender = request.get_response_sender()
 
-        def send(text, final):
-            out = pb_utils.Tensor(TEXT_OUTPUT.name, pbutils.text_tensor(text))
-            sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=FINAL if final else 0)
+        def send(text, usage):
+            outputs = [pb_utils.Tensor(TEXT_OUTPUT.name, pbutils.text_tensor(text))]
+            if usage is not None:  # the final response
+                outputs += [pb_utils.Tensor(NUM_INPUT_TOKENS.name, np.array([[usage.num_input_tokens]], np.int32)),
+                            pb_utils.Tensor(NUM_OUTPUT_TOKENS.name, np.array([[usage.num_output_tokens]], np.int32))]
+            sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=FINAL if usage is not None else 0)
 
         try:
             self.handler.run(pbutils.request_inputs(pb_utils, request, self.names), send)
