@@ -13,6 +13,8 @@ from nvlm_deploy.backend.request_inputs import RequestError
 from nvlm_deploy.contracts.limits import DeploymentLimits
 from nvlm_deploy.contracts.precision import from_triton
 
+MAX_IMAGE_FILE_BYTES = 32 << 20  # a fetched image larger than this is refused
+
 
 class PreprocessingHandler:
     """One request at a time: validate, tile, tokenize, put image slots; never raises for bad input
@@ -22,9 +24,11 @@ class PreprocessingHandler:
         assets_dir: the repository's tokenizer + config.json copy.
         limits: the repository's limits.
         pixel_dtype: Triton data type of PIXEL_VALUES (a precision NumPy has).
+        allow_remote_urls: fetch http(s) image URLs (package --allow-image-urls); data: URLs always work.
     """
 
-    def __init__(self, assets_dir: str | Path, *, limits: DeploymentLimits, pixel_dtype: str = "TYPE_FP32"):
+    def __init__(self, assets_dir: str | Path, *, limits: DeploymentLimits, pixel_dtype: str = "TYPE_FP32",
+                 allow_remote_urls: bool = False):
         from nvlm_deploy.preprocess.request import Preprocessor
 
         self.limits = limits
@@ -32,17 +36,24 @@ class PreprocessingHandler:
                                                         max_images=limits.max_images)
         self.tokenizer = self.preprocessor.tokenizer
         self.pixel_dtype = from_triton(pixel_dtype).numpy_dtype()
+        self.allow_remote_urls = allow_remote_urls
 
     @classmethod
     def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "PreprocessingHandler":
         return cls(root / params["assets_dir"], limits=rq.repository_limits(root),
-                   pixel_dtype=params["pixel_values_data_type"])
+                   pixel_dtype=params["pixel_values_data_type"],
+                   allow_remote_urls=params.get("allow_remote_image_urls") == "true")
 
     def run(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        """Triton tensors in (QUERY, IMAGE_BYTES, IMAGE_BYTES_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID, CHAT_HISTORY),
+        """Triton tensors in (the client-fed ones of contracts.client_tensors),
         tensors out, each with batch dimension 1."""
         prompt = rq.text(inputs.get("QUERY"), name="text_input")
-        images = rq.images(inputs.get("IMAGE_BYTES"), inputs.get("IMAGE_BYTES_LENGTHS"))
+        rq.refuse_unsupported(inputs)
+        # images in order: encoded files, then decoded pixels, then URLs
+        images = [*rq.image_files(inputs.get("IMAGE_FILES"), inputs.get("IMAGE_FILES_LENGTHS")),
+                  *rq.pixel_images(inputs.get("IMAGE_BYTES")),
+                  *rq.url_images(inputs.get("IMAGE_URL"), allow_remote=self.allow_remote_urls,
+                                 max_bytes=MAX_IMAGE_FILE_BYTES)]
         out_len = rq.max_tokens(rq.first(inputs.get("REQUEST_OUTPUT_LEN")), self.limits)
         end_id = rq.first(inputs.get("END_ID"), self.tokenizer.eos_id)
         pad_id = rq.first(inputs.get("PAD_ID"), self.tokenizer.pad_id)

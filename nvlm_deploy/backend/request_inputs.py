@@ -2,9 +2,10 @@
 repository's limits (DeploymentLimits, read from the repository manifest).
 
 Shapes follow tensorrtllm_backend clients: every scalar arrives as `[1, 1]` (batch dim + dims [1]),
-`text_input` as a `[1, 1]` object array of UTF-8 bytes, `image_bytes_input` as uint8
+`text_input` as a `[1, 1]` object array of UTF-8 bytes, `image_bytes_input` as decoded RGB pixels
+uint8 `[1, N, H, W, 3]`, `image_url_input` as strings, and our `image_files_input` as uint8
 `[1, num_images, max_bytes]` (each image's encoded file, right-padded with zeros) with optional
-`image_bytes_lengths` int32 `[1, num_images]`.
+`image_files_lengths` int32 `[1, num_images]` (contracts/client_tensors.py).
 """
 
 from __future__ import annotations
@@ -77,24 +78,103 @@ def chat_history(array: np.ndarray | None) -> list[tuple[str, str]]:
     return out
 
 
-def images(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[bytes]:
-    """Encoded image files from `image_bytes_input` [1, n, max_bytes] (+ `image_bytes_lengths` [1, n])."""
+def image_files(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[bytes]:
+    """Encoded image files from `image_files_input` [1, n, max_bytes] (+ `image_files_lengths` [1, n])."""
     if array is None or np.asarray(array).size == 0:
         return []
     data = np.asarray(array, dtype=np.uint8)
     if data.ndim == 3:
         if data.shape[0] != 1:
-            raise RequestError(f"image_bytes_input has batch size {data.shape[0]}; send one request at a time.")
+            raise RequestError(f"image_files_input has batch size {data.shape[0]}; one request per row.")
         data = data[0]
     if data.ndim != 2:
-        raise RequestError(f"image_bytes_input must be uint8 [1, num_images, num_bytes], got shape {list(array.shape)}.")
+        raise RequestError(f"image_files_input must be uint8 [1, num_images, num_bytes], got shape {list(array.shape)}.")
     sizes = [data.shape[1]] * data.shape[0]
     if lengths is not None and np.asarray(lengths).size:
         sizes = [int(n) for n in np.asarray(lengths).reshape(-1)]
         if len(sizes) != data.shape[0] or min(sizes) < 0 or max(sizes) > data.shape[1]:
-            raise RequestError(f"image_bytes_lengths {sizes} does not fit image_bytes_input of shape "
+            raise RequestError(f"image_files_lengths {sizes} does not fit image_files_input of shape "
                                f"{list(data.shape)} (one length per image, each at most the row width).")
     return [data[k, :n].tobytes() for k, n in enumerate(sizes)]
+
+
+def pixel_images(array: np.ndarray | None) -> list:
+    """Decoded RGB images from `image_bytes_input` (tensorrtllm_backend: uint8 [1, N, H, W, 3]) as PIL images."""
+    from PIL import Image
+
+    if array is None or np.asarray(array).size == 0:
+        return []
+    data = np.asarray(array)
+    if data.ndim == 4:  # [N, H, W, C] without the batch dimension
+        data = data[None]
+    if data.ndim != 5 or data.shape[0] != 1 or data.shape[-1] != 3 or data.dtype != np.uint8:
+        raise RequestError(f"image_bytes_input must be decoded RGB pixels, uint8 [1, num_images, height, width, 3] "
+                           f"(tensorrtllm_backend's layout), got {data.dtype} {list(data.shape)}; send encoded "
+                           "files (PNG, JPEG) as image_files_input instead.")
+    return [Image.fromarray(np.ascontiguousarray(image), mode="RGB") for image in data[0]]
+
+
+def url_images(array: np.ndarray | None, *, allow_remote: bool, max_bytes: int, timeout_s: float = 10.0) -> list[bytes]:
+    """`image_url_input` strings -> encoded files: `data:` URLs always, http(s) only when allowed."""
+    if array is None or np.asarray(array).size == 0:
+        return []
+    out = []
+    for value in np.asarray(array).reshape(-1):
+        url = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if url.startswith("data:"):
+            out.append(_data_url(url))
+        elif url.startswith(("http://", "https://")):
+            if not allow_remote:
+                raise RequestError(f"image_url_input {url[:80]!r}: this repository does not fetch remote images; "
+                                   "send the image as a data: URL or as image_files_input, or re-package with "
+                                   "--allow-image-urls.")
+            out.append(_fetch(url, max_bytes=max_bytes, timeout_s=timeout_s))
+        else:
+            raise RequestError(f"image_url_input {url[:80]!r} is neither a data: URL nor http(s).")
+    return out
+
+
+def _data_url(url: str) -> bytes:
+    import base64
+    import binascii
+
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise RequestError("an image data: URL must be base64: data:image/png;base64,<data>.")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"the image data: URL is not valid base64 ({exc}).") from None
+
+
+def _fetch(url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            data = response.read(max_bytes + 1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RequestError(f"could not fetch image {url[:80]!r}: {exc}.") from None
+    if len(data) > max_bytes:
+        raise RequestError(f"image {url[:80]!r} is larger than {max_bytes} bytes.")
+    return data
+
+
+# preprocessing input -> why NVLM-D cannot use it (declared so that upstream clients' requests parse)
+UNSUPPORTED_INPUTS = {
+    "IMAGE_INPUT": "image_input carries pixels preprocessed for another model; NVLM-D tiles images itself: send "
+                   "decoded pixels (image_bytes_input), encoded files (image_files_input) or image_url_input",
+    "VIDEO_BYTES": "video_bytes_input: NVLM-D takes images, not video",
+    "DECODER_QUERY": "decoder_text_input is for encoder-decoder models; NVLM-D is decoder-only",
+}
+
+
+def refuse_unsupported(inputs) -> None:
+    for name, why in UNSUPPORTED_INPUTS.items():
+        value = inputs.get(name)
+        if value is not None and np.asarray(value).size:
+            raise RequestError(f"{why}.")
 
 
 def max_tokens(value, limits: DeploymentLimits) -> int:

@@ -1,7 +1,7 @@
 """The request tensors, shaped as tensorrtllm_backend clients send them (`[[x]]`).
 
-`text_input` BYTES [1, 1]; `image_bytes_input` UINT8 [1, num_images, max_bytes] (each image's
-encoded file, zero-padded on the right) with `image_bytes_lengths` INT32 [1, num_images]; scalars
+`text_input` BYTES [1, 1]; `image_files_input` UINT8 [1, num_images, max_bytes] (each image's
+encoded file, zero-padded on the right) with `image_files_lengths` INT32 [1, num_images]; scalars
 [1, 1]. Sampling inputs are sent only when set, so the server's defaults apply otherwise.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nvlm_deploy.contracts.client_tensors import (CHAT_HISTORY, CLIENT_INPUTS, IMAGE_BYTES, IMAGE_LENGTHS, NUM_INPUT_TOKENS,
+from nvlm_deploy.contracts.client_tensors import (CHAT_HISTORY, CLIENT_INPUTS, IMAGE_FILES, IMAGE_FILES_LENGTHS, NUM_INPUT_TOKENS,
                                                   NUM_OUTPUT_TOKENS, TEXT_INPUT, TEXT_OUTPUT)
 from nvlm_deploy.errors import DeployError
 
@@ -89,8 +89,8 @@ def input_arrays(request: ChatRequest) -> dict[str, tuple[str, np.ndarray]]:
         arrays[CHAT_HISTORY] = ("BYTES", np.array([[history.encode("utf-8")]], dtype=object))
     if request.images:
         data, lengths = image_arrays(request.images)
-        arrays[IMAGE_BYTES] = ("UINT8", data)
-        arrays[IMAGE_LENGTHS] = ("INT32", lengths)
+        arrays[IMAGE_FILES] = ("UINT8", data)
+        arrays[IMAGE_FILES_LENGTHS] = ("INT32", lengths)
     for tensor in CLIENT_INPUTS:
         value = getattr(request, tensor.request_field) if tensor.request_field else None
         if value is not None:

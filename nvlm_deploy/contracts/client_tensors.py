@@ -1,9 +1,15 @@
 """THE client-facing tensors of both entry points (`ensemble`, `tensorrt_llm_bls`).
 
-Names, types and meaning follow tensorrtllm_backend's ensemble (shared/reference/triton.md §1),
-except `image_bytes_input`, which carries encoded image files here (with `image_bytes_lengths`).
-This table renders the `input`/`output` blocks of both configs and the ensemble's input maps,
-routes the inputs in the BLS, and builds the client's request tensors: one list, no copies.
+Names, types, shapes and meaning follow tensorrtllm_backend's multimodal ensemble and BLS
+(all_models/multimodal/ensemble and inflight_batcher_llm/tensorrt_llm_bls config.pbtxt, read at
+tensorrtllm_backend c2e65b88, the last commit holding them there; TensorRT-LLM 1.2 moved them to
+triton_backend/ and declares `image_url_input` as STRING [-1]). `image_bytes_input` is decoded RGB
+pixels [N, H, W, 3] per request, as upstream's; encoded files (PNG, JPEG, ...) go in our own
+`image_files_input` (+ `image_files_lengths`), and earlier chat turns in our `chat_history`.
+Inputs NVLM-D cannot use (`image_input`'s preprocessed pixels, video, the encoder-decoder text) are
+declared, so upstream clients' requests parse, and refused with a message by preprocessing.
+This table renders the `input`/`output` blocks of both entry points, preprocessing's inputs and
+the ensemble's input maps, routes the inputs in the BLS, and builds the client's request tensors.
 """
 
 from __future__ import annotations
@@ -27,12 +33,17 @@ class ClientTensor:
         return "BYTES" if self.triton_type == "TYPE_STRING" else self.triton_type.removeprefix("TYPE_")
 
 
-TEXT_INPUT, IMAGE_BYTES, IMAGE_LENGTHS = "text_input", "image_bytes_input", "image_bytes_lengths"
+TEXT_INPUT, IMAGE_FILES, IMAGE_FILES_LENGTHS = "text_input", "image_files_input", "image_files_lengths"
 CHAT_HISTORY = "chat_history"
 CLIENT_INPUTS: tuple[ClientTensor, ...] = (
     ClientTensor(TEXT_INPUT, "TYPE_STRING", (1,), optional=False, preprocessing="QUERY"),
-    ClientTensor(IMAGE_BYTES, "TYPE_UINT8", (-1, -1), preprocessing="IMAGE_BYTES"),
-    ClientTensor(IMAGE_LENGTHS, "TYPE_INT32", (-1,), preprocessing="IMAGE_BYTES_LENGTHS"),
+    ClientTensor("decoder_text_input", "TYPE_STRING", (1,), preprocessing="DECODER_QUERY"),
+    ClientTensor("image_input", "TYPE_FP16", (-1, -1, -1, -1), preprocessing="IMAGE_INPUT"),
+    ClientTensor("image_bytes_input", "TYPE_UINT8", (-1, -1, -1, -1), preprocessing="IMAGE_BYTES"),
+    ClientTensor("image_url_input", "TYPE_STRING", (-1,), preprocessing="IMAGE_URL"),
+    ClientTensor("video_bytes_input", "TYPE_UINT8", (-1, -1, -1, -1), preprocessing="VIDEO_BYTES"),
+    ClientTensor(IMAGE_FILES, "TYPE_UINT8", (-1, -1), preprocessing="IMAGE_FILES"),
+    ClientTensor(IMAGE_FILES_LENGTHS, "TYPE_INT32", (-1,), preprocessing="IMAGE_FILES_LENGTHS"),
     ClientTensor("max_tokens", "TYPE_INT32", (1,), optional=False, preprocessing="REQUEST_OUTPUT_LEN",
                  request_field="max_tokens"),
     ClientTensor("stream", "TYPE_BOOL", (1,), tensorrt_llm="streaming", request_field="stream"),
@@ -70,16 +81,20 @@ def passthrough_inputs() -> dict[str, str]:
     return {t.name: t.tensorrt_llm for t in CLIENT_INPUTS if t.tensorrt_llm}
 
 
-def _tensor_line(t: ClientTensor) -> str:
+def _tensor_line(t: ClientTensor, name: str | None = None) -> str:
     dims = ", ".join(str(d) for d in t.dims)
-    return f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: [ {dims} ]{" optional: true" if t.optional else ""} }}'
+    return (f'  {{ name: "{name or t.name}" data_type: {t.triton_type} dims: [ {dims} ]'
+            f'{" optional: true" if t.optional else ""} }}')
 
 
 def render_io() -> dict[str, str]:
     """Template values: the bodies of the input/output lists (`bls_outputs` add the token counts)."""
     return {"client_inputs": ",\n".join(_tensor_line(t) for t in CLIENT_INPUTS),
             "client_outputs": ",\n".join(_tensor_line(t) for t in CLIENT_OUTPUTS),
-            "bls_outputs": ",\n".join(_tensor_line(t) for t in BLS_OUTPUTS)}
+            "bls_outputs": ",\n".join(_tensor_line(t) for t in BLS_OUTPUTS),
+            # preprocessing's inputs fed by the client: same type and shape under preprocessing's name
+            "preprocessing_client_inputs": ",\n".join(_tensor_line(t, t.preprocessing) for t in CLIENT_INPUTS
+                                                      if t.preprocessing)}
 
 
 def render_ensemble_maps() -> dict[str, str]:

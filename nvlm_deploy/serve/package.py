@@ -65,6 +65,7 @@ class PackageOptions:
     preprocessing_instance_count: int = 1
     postprocessing_instance_count: int = 1
     bls_instance_count: int = 1
+    allow_remote_image_urls: bool = False  # preprocessing fetches http(s) image_url_input (size/time-limited)
 
 
 def templates() -> Path:
@@ -142,6 +143,7 @@ def template_values(target: Target, runtime_name: str, out: Path, *, limits: Dep
         "preprocessing_instance_count": options.preprocessing_instance_count,
         "postprocessing_instance_count": options.postprocessing_instance_count,
         "bls_instance_count": options.bls_instance_count,
+        "allow_remote_image_urls": options.allow_remote_image_urls,
         **client_tensors.render_io(),
         **client_tensors.render_ensemble_maps(),
     }

@@ -45,7 +45,7 @@ def ask(bls, prompt, images=(), *, stream=False, echo=False, max_tokens=12):
     if images:
         from nvlm_deploy.client.tensors import image_arrays
 
-        inputs["image_bytes_input"], inputs["image_bytes_lengths"] = image_arrays(images)
+        inputs["image_files_input"], inputs["image_files_lengths"] = image_arrays(images)
     sent = []
     bls.run(inputs, lambda text, usage: sent.append((text, usage)))
     assert [usage is not None for _, usage in sent] == [False] * (len(sent) - 1) + [True]
@@ -83,7 +83,7 @@ def test_final_response_counts_the_tokens(pipeline, images):
 
     inputs = {"text_input": np.array([[b"What is it?"]], dtype=object), "max_tokens": np.array([[5]], np.int32),
               "end_id": np.array([[-1]], np.int32)}
-    inputs["image_bytes_input"], inputs["image_bytes_lengths"] = image_arrays(images[:1])
+    inputs["image_files_input"], inputs["image_files_lengths"] = image_arrays(images[:1])
     sent = []
     bls.run(inputs, lambda text, usage: sent.append(usage))
     prepared = pre.prepare("What is it?", images[:1])

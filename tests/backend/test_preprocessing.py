@@ -30,7 +30,7 @@ def request(prompt="What is it?", images=(), max_tokens=8):
     if images:
         from nvlm_deploy.client.tensors import image_arrays
 
-        out["IMAGE_BYTES"], out["IMAGE_BYTES_LENGTHS"] = image_arrays(images)
+        out["IMAGE_FILES"], out["IMAGE_FILES_LENGTHS"] = image_arrays(images)
     return out
 
 
@@ -68,11 +68,42 @@ def test_too_many_images(handler, images):
 
 def test_image_rows_are_cut_to_their_lengths():
     data = np.array([[[1, 2, 3, 0], [4, 5, 6, 7]]], dtype=np.uint8)
-    assert rq.images(data, np.array([[3, 4]], np.int32)) == [b"\x01\x02\x03", b"\x04\x05\x06\x07"]
-    assert rq.images(data) == [b"\x01\x02\x03\x00", b"\x04\x05\x06\x07"]
+    assert rq.image_files(data, np.array([[3, 4]], np.int32)) == [b"\x01\x02\x03", b"\x04\x05\x06\x07"]
+    assert rq.image_files(data) == [b"\x01\x02\x03\x00", b"\x04\x05\x06\x07"]
     with pytest.raises(RequestError, match="does not fit"):
-        rq.images(data, np.array([[5, 1]], np.int32))
+        rq.image_files(data, np.array([[5, 1]], np.int32))
 
 
 def test_limits_come_from_the_repository_manifest(handler):
     assert handler.limits.choices() == LIMITS
+
+
+def test_every_image_input_gives_the_same_request(handler, images):
+    """tensorrtllm_backend's decoded pixels, a data: URL and our encoded files are the same image."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    want = handler.run(request(images=images[:1]))
+    pixels = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB"))[None, None]  # [1, N, H, W, 3]
+    url = "data:image/png;base64," + base64.b64encode(images[0]).decode()
+    for given in ({"IMAGE_BYTES": pixels}, {"IMAGE_URL": np.array([[url.encode()]], dtype=object)}):
+        got = handler.run({**request(), **given})
+        assert np.array_equal(got["INPUT_ID"], want["INPUT_ID"])
+        assert np.array_equal(got["PIXEL_VALUES"], want["PIXEL_VALUES"])
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"IMAGE_URL": np.array([[b"https://example.com/cat.png"]], dtype=object)}, "does not fetch remote images"),
+    ({"IMAGE_URL": np.array([[b"data:image/png,xyz"]], dtype=object)}, "must be base64"),
+    ({"IMAGE_URL": np.array([[b"ftp://host/x.png"]], dtype=object)}, "neither a data: URL nor http"),
+    ({"IMAGE_BYTES": np.zeros((1, 1, 8, 8), np.uint8)}, r"uint8 \[1, num_images, height, width, 3\]"),
+    ({"IMAGE_INPUT": np.zeros((1, 1, 3, 8, 8), np.float16)}, "NVLM-D tiles images itself"),
+    ({"VIDEO_BYTES": np.zeros((1, 1, 2, 2, 3), np.uint8)}, "not video"),
+    ({"DECODER_QUERY": np.array([[b"x"]], dtype=object)}, "decoder-only"),
+    ({"CHAT_HISTORY": np.array([[b'[["robot", "hi"]]']], dtype=object)}, "role one of"),
+])
+def test_inputs_nvlm_d_cannot_use_are_refused_with_the_reason(handler, given, message):
+    with pytest.raises(RequestError, match=message):
+        handler.run({**request(), **given})

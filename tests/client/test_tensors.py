@@ -18,14 +18,14 @@ def test_images_are_zero_padded_bytes_with_lengths():
     assert data.dtype == np.uint8 and data.shape == (1, 2, 3)
     assert data[0, 1].tobytes() == b"de\x00" and lengths.tolist() == [[3, 2]]
     arrays = input_arrays(ChatRequest(prompt="x", images=(b"abc",)))
-    assert arrays["image_bytes_input"][0] == "UINT8" and arrays["image_bytes_lengths"][0] == "INT32"
+    assert arrays["image_files_input"][0] == "UINT8" and arrays["image_files_lengths"][0] == "INT32"
 
 
 def test_infer_inputs_carry_names_shapes_and_types():
     import tritonclient.grpc as g
 
     inputs = {i.name(): i for i in infer_inputs(g, ChatRequest(prompt="x", images=(b"abcd",), temperature=0.5))}
-    assert inputs["image_bytes_input"].shape() == [1, 1, 4] and inputs["temperature"].datatype() == "FP32"
+    assert inputs["image_files_input"].shape() == [1, 1, 4] and inputs["temperature"].datatype() == "FP32"
 
 
 def test_read_images_reads_paths_and_refuses_missing_files(tmp_path):

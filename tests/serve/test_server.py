@@ -79,7 +79,7 @@ def test_greedy_answer_equals_reference_token_for_token(server, reference, image
         from nvlm_deploy.client.tensors import image_arrays as pack
 
         data, lengths = pack(images[:n])
-        image_arrays = {"IMAGE_BYTES": ("UINT8", data), "IMAGE_BYTES_LENGTHS": ("INT32", lengths)}
+        image_arrays = {"IMAGE_FILES": ("UINT8", data), "IMAGE_FILES_LENGTHS": ("INT32", lengths)}
     pre = infer(server, "preprocessing", {"QUERY": ("BYTES", np.array([[prompt.encode()]], dtype=object)),
                                           "REQUEST_OUTPUT_LEN": ("INT32", np.array([[16]], np.int32)), **image_arrays})
     ids = pre.as_numpy("INPUT_ID")

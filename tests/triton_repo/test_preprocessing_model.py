@@ -26,7 +26,7 @@ def query(prompt: str, images=(), *, max_tokens: int = 16, **extra: np.ndarray):
     arrays = {"QUERY": np.array([[prompt.encode()]], dtype=object),
               "REQUEST_OUTPUT_LEN": np.array([[max_tokens]], np.int32), **extra}
     if images:
-        arrays["IMAGE_BYTES"], arrays["IMAGE_BYTES_LENGTHS"] = image_arrays(images)
+        arrays["IMAGE_FILES"], arrays["IMAGE_FILES_LENGTHS"] = image_arrays(images)
     return request(**arrays)
 
 
