@@ -49,7 +49,9 @@ def error_response(pb, message: str):
 
 
 def text_tensor(text: str) -> np.ndarray:
-    return np.array([[text.encode("utf-8")]], dtype=object)  # [1, 1]
+    """`text_output` of one response: 1-D, one entry per beam (tensorrtllm_backend's clients read
+    `output[0].decode()`)."""
+    return np.array([text.encode("utf-8")], dtype=object)  # [beam = 1]
 
 
 def table_tensor(pb, name: str, table: np.ndarray, data_type: str):

@@ -27,13 +27,13 @@ def test_each_request_gets_its_ids_decoded(model, reference):
     a = reference.tokenizer.encode("Hello there")
     b = reference.tokenizer.encode("Les chats sont mignons.")
     first, second = model.execute([ids_request(a), ids_request(b)])
-    assert text(first) == [[decode(a).encode()]] and text(second) == [[decode(b).encode()]]
+    assert text(first) == [decode(a).encode()] and text(second) == [decode(b).encode()]  # 1-D: one per beam
 
 
 def test_the_sequence_length_cuts_the_ids(model, reference):
     ids = reference.tokenizer.encode("one two three")
     (response,) = model.execute([ids_request(ids + [0, 0, 0], length=len(ids))])  # padded row
-    assert text(response) == [[make_decode(reference.tokenizer)(ids).encode()]]
+    assert text(response) == [make_decode(reference.tokenizer)(ids).encode()]
 
 
 def test_ids_outside_the_tokenizer_are_dropped_and_the_next_request_is_served(model, reference):
@@ -41,6 +41,6 @@ def test_ids_outside_the_tokenizer_are_dropped_and_the_next_request_is_served(mo
     ids = reference.tokenizer.encode("Hi")
     outside = len(reference.tokenizer) + 5
     (response,) = model.execute([ids_request([outside] + ids + [outside])])
-    assert text(response) == [[make_decode(reference.tokenizer)(ids).encode()]]
+    assert text(response) == [make_decode(reference.tokenizer)(ids).encode()]
     (after,) = model.execute([ids_request(ids)])
-    assert text(after) == [[make_decode(reference.tokenizer)(ids).encode()]]
+    assert text(after) == [make_decode(reference.tokenizer)(ids).encode()]

@@ -40,7 +40,7 @@ def send(bls, *requests: ChatRequest) -> list[list]:
 def chunks(sent: list) -> list[str]:
     out = []
     for response, _ in sent:
-        (text,) = outputs(response)["text_output"].as_numpy().reshape(-1)  # [1, 1] BYTES
+        (text,) = outputs(response)["text_output"].as_numpy().reshape(-1)  # [1] BYTES: 1-D per response
         out.append(text.decode("utf-8"))
     return out
 
@@ -100,3 +100,10 @@ def test_a_bad_request_gets_one_final_error_and_the_next_is_served(bls, referenc
     want = reference_text(reference, "Hello, how are you?", [])
     assert chunks(good) == [want]
     assert ask(bls, "Hello, how are you?") == [want]
+
+
+def test_text_output_is_one_dimensional_as_upstream_clients_read_it(bls):
+    """tensorrtllm_backend's clients do `result.as_numpy("text_output")[0].decode()`."""
+    sent = send(bls, ChatRequest("Hello, how are you?", max_tokens=4))[0]
+    array = outputs(sent[-1][0])["text_output"].as_numpy()
+    assert array.shape == (1,) and isinstance(array[0].decode(), str)

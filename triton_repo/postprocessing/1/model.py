@@ -22,6 +22,6 @@ class TritonPythonModel:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [1, beam, n]
             lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [1, beam]
             texts = [self.decode(row[:n].tolist()).encode("utf-8") for row, n in zip(tokens[0], lengths[0])]
-            out = pb_utils.Tensor("OUTPUT", np.array([texts], dtype=object))
+            out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))  # [beam]: 1-D, as upstream's
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
