@@ -95,3 +95,15 @@ def make_decode(tokenizer) -> Callable[[list[int]], str]:
     """Tokenizer.decode that drops ids it does not know (image slots, padded vocab rows)."""
     size = len(tokenizer)
     return lambda ids: tokenizer.decode([i for i in ids if 0 <= i < size])
+
+
+def split_rows(inputs: Tensors) -> list[dict[str, np.ndarray]]:
+    """A request with batch dimension B -> B requests of batch 1 (every present input sliced alike)."""
+    present = {name: np.asarray(value) for name, value in inputs.items() if value is not None}
+    sizes = {name: value.shape[0] if value.ndim else 1 for name, value in present.items()}
+    batch = sizes.get(client_tensors.TEXT_INPUT, 1)
+    wrong = {name: size for name, size in sizes.items() if size != batch}
+    if wrong:
+        raise rq.RequestError(f"text_input has batch size {batch} but {wrong} do not; give every input one row "
+                              "per request of the batch.")
+    return [{name: value[b:b + 1] for name, value in present.items()} for b in range(batch)]

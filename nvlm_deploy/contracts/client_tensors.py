@@ -63,8 +63,12 @@ TEXT_OUTPUT = ClientTensor("text_output", "TYPE_STRING", (-1,), optional=False)
 # tensorrt_llm model names them num_input_tokens / num_output_tokens)
 NUM_INPUT_TOKENS = ClientTensor("num_input_tokens", "TYPE_INT32", (1,), optional=False)
 NUM_OUTPUT_TOKENS = ClientTensor("num_output_tokens", "TYPE_INT32", (1,), optional=False)
+# which row of a batched request a response answers (tensorrtllm_backend's names; sequence_index is
+# the returned sequence within the row: always 0, one sequence per row)
+BATCH_INDEX = ClientTensor("batch_index", "TYPE_INT32", (1,), optional=False)
+SEQUENCE_INDEX = ClientTensor("sequence_index", "TYPE_INT32", (1,), optional=False)
 CLIENT_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT,)
-BLS_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
+BLS_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, BATCH_INDEX, SEQUENCE_INDEX, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
 BY_NAME = {t.name: t for t in CLIENT_INPUTS + BLS_OUTPUTS}
 
 # Inputs the BLS handles itself rather than passing through to tensorrt_llm.

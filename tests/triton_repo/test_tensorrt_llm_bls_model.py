@@ -107,3 +107,34 @@ def test_text_output_is_one_dimensional_as_upstream_clients_read_it(bls):
     sent = send(bls, ChatRequest("Hello, how are you?", max_tokens=4))[0]
     array = outputs(sent[-1][0])["text_output"].as_numpy()
     assert array.shape == (1,) and isinstance(array[0].decode(), str)
+
+
+def test_a_batched_request_gets_one_answer_per_row(bls, reference):
+    """tensorrtllm_backend clients may send [B, 1] tensors: each row is answered, responses say their row."""
+    import numpy as np
+
+    rows = ["Hello, how are you?", "Describe the image in detail."]
+    incoming = request(text_input=np.array([[p.encode()] for p in rows], dtype=object),
+                       max_tokens=np.array([[8], [8]], np.int32),
+                       exclude_input_in_output=np.array([[True], [True]]))
+    assert bls.execute([incoming]) is None
+    sent = incoming.get_response_sender().wait_final()
+    check_final_once_and_last(sent)
+    by_row: dict[int, str] = {}
+    for response, _ in sent:
+        tensors = outputs(response)
+        row = int(tensors["batch_index"].as_numpy()[0])
+        by_row[row] = by_row.get(row, "") + tensors["text_output"].as_numpy()[0].decode()
+        assert int(tensors["sequence_index"].as_numpy()[0]) == 0
+    assert by_row == {k: reference_text(reference, p, [], max_tokens=8) for k, p in enumerate(rows)}
+
+
+def test_rows_of_different_batch_sizes_are_refused(bls):
+    import numpy as np
+
+    from tests.triton_repo.in_process import error_message
+
+    incoming = request(text_input=np.array([[b"a"], [b"b"]], dtype=object), max_tokens=np.array([[8]], np.int32))
+    bls.execute([incoming])
+    sent = incoming.get_response_sender().wait_final()
+    assert "batch size 2" in error_message(sent[-1][0])

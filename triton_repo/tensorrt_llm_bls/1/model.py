@@ -13,8 +13,9 @@ import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 from nvlm_deploy.backend import pbutils
-from nvlm_deploy.contracts.client_tensors import NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, TEXT_OUTPUT
-from nvlm_deploy.backend.bls import BlsHandler, make_decode
+from nvlm_deploy.contracts.client_tensors import (BATCH_INDEX, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, SEQUENCE_INDEX,
+                                                  TEXT_OUTPUT)
+from nvlm_deploy.backend.bls import BlsHandler, make_decode, split_rows
 from nvlm_deploy.backend.detokenize import byte_level_unfinished
 from nvlm_deploy.backend.request_inputs import RequestError
 
@@ -37,21 +38,47 @@ class TritonPythonModel:
         return None
 
     def _serve(self, request):
+        """One request; a batch of B rows is B answers (each response says its batch_index), the last
+        response of the last row to finish carries the final flag."""
         sender = request.get_response_sender()
-
-        def send(text, usage):
-            outputs = [pb_utils.Tensor(TEXT_OUTPUT.name, pbutils.text_tensor(text))]
-            if usage is not None:  # the final response
-                outputs += [pb_utils.Tensor(NUM_INPUT_TOKENS.name, np.array([[usage.num_input_tokens]], np.int32)),
-                            pb_utils.Tensor(NUM_OUTPUT_TOKENS.name, np.array([[usage.num_output_tokens]], np.int32))]
-            sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=FINAL if usage is not None else 0)
-
         try:
-            self.handler.run(pbutils.request_inputs(pb_utils, request, self.names), send)
+            rows = split_rows(pbutils.request_inputs(pb_utils, request, self.names))
         except RequestError as exc:
             sender.send(pbutils.error_response(pb_utils, str(exc)), flags=FINAL)
-        except Exception as exc:  # a bug must fail this request with its message, never hang the stream
-            sender.send(pbutils.error_response(pb_utils, f"internal error: {type(exc).__name__}: {exc}"), flags=FINAL)
+            return
+        lock, remaining = threading.Lock(), [len(rows)]
+
+        def finish_row(response):
+            with lock:
+                remaining[0] -= 1
+                sender.send(response, flags=FINAL if remaining[0] == 0 else 0)
+
+        def serve_row(b, inputs):
+            def send(text, usage):
+                outputs = [pb_utils.Tensor(TEXT_OUTPUT.name, pbutils.text_tensor(text)),
+                           pb_utils.Tensor(BATCH_INDEX.name, np.array([b], np.int32)),
+                           pb_utils.Tensor(SEQUENCE_INDEX.name, np.array([0], np.int32))]
+                if usage is None:
+                    with lock:
+                        sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
+                    return
+                outputs += [pb_utils.Tensor(NUM_INPUT_TOKENS.name, np.array([usage.num_input_tokens], np.int32)),
+                            pb_utils.Tensor(NUM_OUTPUT_TOKENS.name, np.array([usage.num_output_tokens], np.int32))]
+                finish_row(pb_utils.InferenceResponse(output_tensors=outputs))
+
+            try:
+                self.handler.run(inputs, send)
+            except RequestError as exc:
+                finish_row(pbutils.error_response(pb_utils, str(exc)))
+            except Exception as exc:  # a bug must fail this row with its message, never hang the stream
+                finish_row(pbutils.error_response(pb_utils, f"internal error: {type(exc).__name__}: {exc}"))
+
+        threads = [threading.Thread(target=serve_row, args=(b, row), daemon=True) for b, row in enumerate(rows[1:], 1)]
+        for thread in threads:
+            thread.start()
+        serve_row(0, rows[0])
+        for thread in threads:
+            thread.join()
 
     def _request(self, model, inputs, outputs):
         return pb_utils.InferenceRequest(model_name=self.models[model], requested_output_names=outputs,
