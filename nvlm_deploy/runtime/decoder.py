@@ -1,9 +1,11 @@
 """CPU stand-in for the TensorRT-LLM engine: a plain-torch Qwen2 decoder over a TRT-LLM checkpoint.
 
 Semantics follow the engine: ids >= vocab_size read rows (id - vocab_size) of the request's
-prompt table; top_k == 0 and top_p == 0 is greedy; generation stops at end_id (not returned) or
-after max_new_tokens. Several requests run together: each prompt is prefilled alone, then all
-active requests decode one token per step against a shared, length-masked KV cache.
+prompt table; each step's token is chosen with TensorRT-LLM's decoding layers
+(`runtime.sampling`: penalties, min_tokens, bad words, greedy or top-k/top-p); generation stops at
+end_id (not returned), after a stop word (returned, as TensorRT-LLM keeps it) or after
+max_new_tokens. Several requests run together: each prompt is prefilled alone, then all active
+requests decode one token per step against a shared, length-masked KV cache.
 
 Weights use TensorRT-LLM names: `mlp.fc` is gate_proj (through SiLU), `mlp.gate` is up_proj.
 """
@@ -11,21 +13,28 @@ Weights use TensorRT-LLM names: `mlp.fc` is gate_proj (through SiLU), `mlp.gate`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.runtime.sampling import SamplingParams, sample_next
+from nvlm_deploy.runtime.sampling import RequestSampler, SamplingParams, ends_with_any, word_list
 from nvlm_deploy.trtllm import names
 from nvlm_deploy.trtllm.config import TrtllmConfig
 from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
 
+FINISH_REASONS = ("end_id", "stop_words", "length")  # executor::FinishReason kEND_ID, kSTOP_WORDS, kLENGTH
+
 
 @dataclass
 class GenerationRequest:
+    """One request as tensorrtllm_backend's tensorrt_llm model takes it; defaults are TensorRT-LLM's.
+
+    The sampling fields (temperature ... beam_search_diversity_rate) are `SamplingParams`'s, by name.
+    """
+
     input_ids: list[int]
     prompt_table: np.ndarray | None = None  # [num_image_tokens, hidden]
     max_new_tokens: int = 64
@@ -35,9 +44,38 @@ class GenerationRequest:
     top_k: int = 0
     top_p: float = 0.0
     seed: int | None = None  # top_k == 0 and top_p == 0 -> greedy (TensorRT-LLM semantics)
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 1
+    bad_words: Sequence[Sequence[int]] = ()  # token-id sequences; the last id is banned after the others
+    stop_words: Sequence[Sequence[int]] = ()  # token-id sequences; generation ends after one (kept in output)
+    beam_width: int = 1  # > 1 is refused: the engine has max beam width 1
+    num_return_sequences: int | None = None  # > 1 is refused: one sequence per request
+    length_penalty: float = 0.0  # beam search only: accepted, no effect with beam_width 1
+    early_stopping: int = 1  # beam search only: accepted, no effect with beam_width 1
+    beam_search_diversity_rate: float = 0.0  # beam search only: accepted, no effect with beam_width 1
+    return_log_probs: bool = False  # fill GenerationResult.output_log_probs and cum_log_probs
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in fields(SamplingParams)})
+
+
+@dataclass
+class GenerationResult:
+    """One request's output, as tensorrtllm_backend's output_ids / output_log_probs / cum_log_probs.
+
+    output_log_probs[i] is the log-probability of tokens[i] under the distribution it was drawn from
+    (log-softmax of the logits after temperature, penalties, min_tokens and bad words; normalized
+    over the top-k candidates when `normalize_log_probs`). cum_log_probs sums the unnormalized
+    values and, as TensorRT-LLM's sampling kernels do, includes the end_id's when end_id ended the
+    request (end_id is not in tokens, so not in output_log_probs).
+    """
+
+    tokens: list[int] = field(default_factory=list)  # generated ids: end_id excluded, stop words included
+    finish_reason: str = ""  # one of FINISH_REASONS
+    output_log_probs: list[float] | None = None  # [len(tokens)] when return_log_probs
+    cum_log_probs: float | None = None  # when return_log_probs
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -153,7 +191,7 @@ class TrtllmCheckpointRuntime:
 
     # ---- generation ----
 
-    def _check(self, k: int, req: GenerationRequest) -> torch.Tensor | None:
+    def _check(self, k: int, req: GenerationRequest) -> tuple[torch.Tensor | None, SamplingParams]:
         if not req.input_ids:
             raise DeployError(f"request {k}: input_ids is empty.")
         if req.max_new_tokens < 1:
@@ -171,7 +209,12 @@ class TrtllmCheckpointRuntime:
         if slots and max(slots) >= table.shape[0]:
             raise DeployError(f"request {k}: image slot {max(slots)} is past the {table.shape[0]} rows of "
                               "prompt_table: the prompt and the images do not match.")
-        return table
+        try:
+            params = req.sampling()
+            word_list("stop_words", req.stop_words)
+        except DeployError as exc:
+            raise DeployError(f"request {k}: {exc}") from None
+        return table, params
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], *,
@@ -182,25 +225,42 @@ class TrtllmCheckpointRuntime:
             requests: the batch.
             on_token: streaming callback, called once per returned token, in generation order.
         """
+        stream = None if on_token is None else (lambda k, token, _log_prob: on_token(k, token))
+        return [result.tokens for result in self.generate_results(requests, on_token=stream)]
+
+    @torch.no_grad()
+    def generate_results(self, requests: Sequence[GenerationRequest], *,
+                         on_token: Callable[[int, int, float | None], None] | None = None,
+                         normalize_log_probs: bool = False) -> list[GenerationResult]:
+        """One GenerationResult per request: tokens, finish reason and (if asked) log-probabilities.
+
+        Args:
+            requests: the batch.
+            on_token: streaming callback on_token(request_index, token_id, log_prob), once per returned
+                token in generation order; log_prob is None unless the request has return_log_probs.
+            normalize_log_probs: the tensorrt_llm model's `normalize_log_probs` parameter: output_log_probs
+                of top-k and greedy tokens are renormalized over the top-k candidates (greedy ones become 0),
+                cum_log_probs never is. tensorrtllm_backend documents it on by default; TensorRT-LLM's
+                executor turned it off by default (PR #12366), as here.
+        """
         if not requests:
             return []
-        tables = [self._check(k, r) for k, r in enumerate(requests)]
-        params = [r.sampling() for r in requests]
-        gens = [p.generator() for p in params]
+        checked = [self._check(k, r) for k, r in enumerate(requests)]
+        runs = [_Run(req, params, vocab_size=self.vocab_size, normalize=normalize_log_probs)
+                for req, (_, params) in zip(requests, checked)]
         b = len(requests)
         max_len = max(len(r.input_ids) + r.max_new_tokens for r in requests)
         cache = self.new_cache(b, max_len)
         lengths = torch.zeros(b, dtype=torch.long)
-        outputs: list[list[int]] = [[] for _ in requests]
         active, last = [], torch.zeros(b, dtype=torch.long)
         for k, req in enumerate(requests):  # prefill each prompt alone (lengths differ)
             ids = torch.tensor([req.input_ids])
             view = [(keys[k:k + 1], values[k:k + 1]) for keys, values in cache]
-            logits = self.forward(self.embed(ids, tables[k]).to(self.dtype), torch.arange(ids.shape[1])[None], view)
+            logits = self.forward(self.embed(ids, checked[k][0]).to(self.dtype), torch.arange(ids.shape[1])[None], view)
             lengths[k] = ids.shape[1]
-            if self._emit(k, sample_next(logits[0], params[k], gens[k]), requests[k], outputs, on_token):
+            if runs[k].step(logits[0], k, on_token):
                 active.append(k)
-                last[k] = outputs[k][-1]
+                last[k] = runs[k].result.tokens[-1]
         while active:
             idx = torch.tensor(active)
             subset = len(active) < b  # finished requests drop out of the step; their rows are copied
@@ -213,18 +273,41 @@ class TrtllmCheckpointRuntime:
             lengths[idx] += 1
             still = []
             for row, k in enumerate(active):
-                if self._emit(k, sample_next(logits[row], params[k], gens[k]), requests[k], outputs, on_token):
+                if runs[k].step(logits[row], k, on_token):
                     still.append(k)
-                    last[k] = outputs[k][-1]
+                    last[k] = runs[k].result.tokens[-1]
             active = still
-        return outputs
+        return [run.result for run in runs]
 
-    @staticmethod
-    def _emit(k, token, req, outputs, on_token) -> bool:
-        """Record `token` for request k; True while the request goes on."""
-        if req.end_id is not None and token == req.end_id:
+
+class _Run:
+    """One request's progress through generation: its sampler and its result so far."""
+
+    def __init__(self, req: GenerationRequest, params: SamplingParams, *, vocab_size: int, normalize: bool):
+        self.req, self.normalize = req, normalize
+        self.stop_words = word_list("stop_words", req.stop_words)
+        self.sampler = RequestSampler(params, req.input_ids, vocab_size=vocab_size, end_id=req.end_id,
+                                      log_probs=req.return_log_probs)
+        self.result = GenerationResult(output_log_probs=[] if req.return_log_probs else None,
+                                       cum_log_probs=0.0 if req.return_log_probs else None)
+
+    def step(self, logits: torch.Tensor, k: int, on_token) -> bool:
+        """Choose the next token from last-position logits [V]; True while the request goes on."""
+        choice, result = self.sampler.next(logits), self.result
+        if choice.log_prob is not None:
+            result.cum_log_probs += choice.log_prob  # end_id's too (samplingTopKKernels.cu adds before its EOS test)
+        if self.req.end_id is not None and choice.token == self.req.end_id:
+            result.finish_reason = "end_id"
             return False
-        outputs[k].append(token)
+        self.sampler.accept(choice.token)
+        result.tokens.append(choice.token)
+        log_prob = choice.normalized_log_prob if self.normalize else choice.log_prob
+        if result.output_log_probs is not None:
+            result.output_log_probs.append(log_prob)
         if on_token:
-            on_token(k, token)
-        return len(outputs[k]) < req.max_new_tokens
+            on_token(k, choice.token, log_prob)
+        if ends_with_any(self.sampler.sequence, self.stop_words):  # stop words stay in the output
+            result.finish_reason = "stop_words"
+        elif len(result.tokens) >= self.req.max_new_tokens:
+            result.finish_reason = "length"
+        return not result.finish_reason

@@ -1,38 +1,115 @@
-"""Next-token choice with TensorRT-LLM's sampling semantics.
+"""Next-token choice with TensorRT-LLM's decoding semantics (executor::SamplingConfig, one beam).
 
-top_k == 0 and top_p == 0 means greedy (argmax). Otherwise the logits are divided by the
-temperature, cut to the top_k most likely tokens (when top_k > 0), then to the smallest set whose
-probability reaches top_p (when top_p > 0), and one token is drawn with the request's own seeded
-generator, so a seed reproduces its tokens regardless of the other requests in the batch.
+Each step runs TensorRT-LLM's decoding layers in their order (cpp/tensorrt_llm/layers/
+layersFactory.h: PENALTY_LAYER, BAN_WORDS_LAYER, DECODING_LAYER, STOP_CRITERIA_LAYER):
+1. `penalize`: temperature, then repetition, presence and frequency penalties over the prompt and
+   the tokens generated so far, then min_tokens masks end_id (kernels/penaltyKernels.cu);
+2. `ban_bad_words` (kernels/banBadWords.cu);
+3. `choose`: top_k == 0 and top_p == 0 is greedy (argmax); otherwise the top_k most likely tokens,
+   then within them the smallest set reaching top_p, renormalized, and one token drawn with the
+   request's own seeded generator, so a seed reproduces its tokens regardless of the batch;
+4. stop words end generation (`ends_with_any`, kernels/stopCriteriaKernels.cu).
+Log-probabilities are those of the distribution the token was drawn from: log-softmax over the
+whole vocabulary of the logits after steps 1-2 (so temperature and penalties included).
 """
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from nvlm_deploy.errors import DeployError
 
+TOP_K_MAX = 1024  # kernels/samplingTopKKernels.h TOP_K_MAX; clampTopK clips larger k to it
+MAX_BEAM_WIDTH = 1  # the engine is built with trtllm-build --max_beam_width 1; the CPU runtime decodes one beam
+FLT_MIN = torch.finfo(torch.float32).min  # penaltyKernels.cu MASK_VAL (-FLT_MAX) and its clamp bounds
+FLT_MAX = torch.finfo(torch.float32).max
+
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """executor::SamplingConfig for one beam; defaults are TensorRT-LLM's (layers/defaultDecodingParams.h)."""
+
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.0
     seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 1
+    bad_words: tuple[tuple[int, ...], ...] = ()  # token-id sequences never to complete
+    beam_width: int = 1
+    num_return_sequences: int | None = None
+    length_penalty: float = 0.0  # beam search only: accepted, no effect with one beam
+    early_stopping: int = 1  # beam search only: accepted, no effect with one beam
+    beam_search_diversity_rate: float = 0.0  # beam search only: accepted, no effect with one beam
 
     def __post_init__(self):
-        if self.top_k < 0:
-            raise DeployError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
+        self._check_draw()
+        self._check_penalties()
+        self._check_beams()
+        object.__setattr__(self, "bad_words", word_list("bad_words", self.bad_words))
+
+    def _check_draw(self):
+        # executor/samplingConfig.cpp: checkTopK (>= 0), checkTopP (<= 1; 0 = off, regularizeTopKTopP),
+        # checkTemperature (>= 0); penaltyLayer.cpp fills temperatures within (0, FLT_MAX] (penaltyTypes.h).
+        _integer("top_k", self.top_k, least=0, note="0 disables it")
         if not 0.0 <= self.top_p <= 1.0:
             raise DeployError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p}.")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise DeployError(f"temperature must be a finite number >= 0, got {self.temperature}.")
         if not self.greedy and self.temperature <= 0:
             raise DeployError(f"temperature must be > 0 when sampling (top_k or top_p set), got {self.temperature}.")
+
+    def _check_penalties(self):
+        # samplingConfig.cpp checkRepetitionPenalty (> 0); presence/frequency take any value;
+        # checkMinTokens (>= 0).
+        for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise DeployError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        if self.repetition_penalty <= 0:
+            raise DeployError(f"repetition_penalty must be > 0 (1 disables it; > 1 discourages repeats), "
+                              f"got {self.repetition_penalty}.")
+        _integer("min_tokens", self.min_tokens, least=0, note="values <= 1 have no effect")
+
+    def _check_beams(self):
+        # samplingConfig.cpp checkBeamWidth (> 0), checkNumReturnSequences (> 0),
+        # checkBeamSearchDiversityRate (>= 0), checkEarlyStopping (>= 0).
+        _integer("beam_width", self.beam_width, least=1)
+        if self.beam_width > MAX_BEAM_WIDTH:
+            raise DeployError(
+                f"beam_width {self.beam_width} is not supported: the decoder engine is built with "
+                f"trtllm-build --max_beam_width {MAX_BEAM_WIDTH} and the CPU runtime decodes one beam. Send "
+                f"beam_width 1 (greedy, or sampling with top_k/top_p). Beam search needs an engine rebuilt with "
+                f"trtllm-build --max_beam_width {self.beam_width} (or more) served with the same max_beam_width "
+                "in the tensorrt_llm model's config.pbtxt, which this deployment does not build.")
+        if self.num_return_sequences is not None:
+            _integer("num_return_sequences", self.num_return_sequences, least=1)
+            if self.num_return_sequences > 1:
+                raise DeployError(
+                    f"num_return_sequences {self.num_return_sequences} is not supported: this deployment returns "
+                    "one sequence per request. Send the request that many times with different seeds instead.")
+        if not math.isfinite(self.length_penalty):
+            raise DeployError(f"length_penalty must be a finite number, got {self.length_penalty}.")
+        _integer("early_stopping", self.early_stopping, least=0)
+        if not (math.isfinite(self.beam_search_diversity_rate) and self.beam_search_diversity_rate >= 0):
+            raise DeployError(f"beam_search_diversity_rate must be a finite number >= 0, "
+                              f"got {self.beam_search_diversity_rate}.")
 
     @property
     def greedy(self) -> bool:
         return self.top_k == 0 and self.top_p == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
@@ -45,8 +122,120 @@ class SamplingParams:
         return gen
 
 
+def _integer(name: str, value, *, least: int, note: str = "") -> int:
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise DeployError(f"{name} must be an integer, got {value!r}.") from None
+    if value < least:
+        raise DeployError(f"{name} must be >= {least}{f' ({note})' if note else ''}, got {value}.")
+    return value
+
+
+def word_list(name: str, words: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    """Stop or bad words as token-id sequences -> a tuple of non-empty tuples of ids >= 0."""
+    out = tuple(tuple(_integer(f"{name} ids", i, least=0) for i in word) for word in words)
+    if any(not word for word in out):
+        raise DeployError(f"{name} has an empty sequence; each entry is a non-empty list of token ids.")
+    return out
+
+
+# ---- 1. penalty layer (cpp/tensorrt_llm/kernels/penaltyKernels.cu, batchApplyPenalty) ----
+
+def occurrences(ids: Sequence[int], vocab_size: int) -> torch.Tensor:
+    """[V] int64 count of each id in `ids`; ids >= vocab_size (prompt-table rows) are not tokens.
+
+    penaltyKernels.cu counts the whole prompt in the context phase and adds each generated token
+    ("if (penaltyIndex < vocabSize)"); presence and frequency use the same counts (TensorRT-LLM 1.2's
+    Triton backend sends no prompt_ignore_length, so no prompt token is left out).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    return torch.from_numpy(np.bincount(ids[ids < vocab_size], minlength=vocab_size))
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits * 1/(T + 1e-6) in float32, skipped at T == 1 (penaltyKernels.cu invTemperature, hasTemperature).
+
+    T == 0 is only accepted for greedy decoding (where it changes nothing) and is skipped too;
+    TensorRT-LLM's penalty layer would reject it (penaltyTypes.h limits temperature to (0, FLT_MAX]).
+    """
+    if temperature == 1.0 or temperature == 0.0:
+        return logits
+    inv = float(np.float32(1.0) / (np.float32(temperature) + np.float32(1e-6)))
+    return logits * inv
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[V] logits after temperature -> penalized, for tokens with counts > 0 (penaltyKernels.cu order).
+
+    repetition: logit < 0 ? logit * penalty : logit / penalty; presence: - penalty once;
+    frequency: - penalty * count.
+    """
+    seen = counts > 0
+    if params.repetition_penalty != 1.0:
+        rp = params.repetition_penalty
+        logits = torch.where(seen, torch.where(logits < 0, logits * rp, logits / rp), logits)
+    if params.presence_penalty != 0.0:
+        logits = torch.where(seen, logits - params.presence_penalty, logits)
+    if params.frequency_penalty != 0.0:
+        logits = torch.where(seen, logits - params.frequency_penalty * counts.float(), logits)
+    return logits
+
+
+def mask_end_id(logits: torch.Tensor, end_id: int | None, generated: int, min_tokens: int) -> torch.Tensor:
+    """end_id gets -FLT_MAX while fewer than min_tokens tokens were generated (penaltyKernels.cu "Min length").
+
+    min_tokens <= 1 has no effect: TensorRT-LLM passes no min lengths when every request keeps the
+    default 1 (penaltyLayer.cpp GET_PENALTIES), and end_id < 0 never stops anything.
+    """
+    if min_tokens <= 1 or end_id is None or end_id < 0 or generated >= min_tokens:
+        return logits
+    logits = logits.clone()
+    logits[end_id] = FLT_MIN
+    return logits
+
+
+def penalize(logits: torch.Tensor, params: SamplingParams, counts: torch.Tensor | None, *,
+             end_id: int | None, generated: int) -> torch.Tensor:
+    """The penalty layer on last-position logits [V] (float32): temperature, penalties, clamp, min_tokens."""
+    logits = apply_temperature(logits.float(), params.temperature)
+    if counts is not None:
+        logits = apply_penalties(logits, counts, params)
+    logits = logits.clamp(FLT_MIN, FLT_MAX)  # "do clamp to prevent overflow"
+    return mask_end_id(logits, end_id, generated, params.min_tokens)
+
+
+# ---- 2. ban words layer (cpp/tensorrt_llm/kernels/banBadWords.cu) ----
+
+def ban_bad_words(logits: torch.Tensor, sequence: Sequence[int], bad_words: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The last id of each bad word gets -inf when `sequence` (prompt + output) ends with the word's other ids.
+
+    A one-token bad word is always banned; the match may start in the prompt (banBadWords.cu reads
+    the whole sequence, prompt included).
+    """
+    banned = [word[-1] for word in bad_words if word[-1] < logits.shape[-1] and ends_with(sequence, word[:-1])]
+    if not banned:
+        return logits
+    logits = logits.clone()
+    logits[banned] = float("-inf")
+    return logits
+
+
+def ends_with(sequence: Sequence[int], word: Sequence[int]) -> bool:
+    n = len(word)
+    return n <= len(sequence) and (n == 0 or list(sequence[-n:]) == list(word))
+
+
+def ends_with_any(sequence: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
+    """Stop criterion: the sequence (prompt + output) ends with one of `words` (stopCriteriaKernels.cu)."""
+    return any(ends_with(sequence, word) for word in words)
+
+
+# ---- 3. decoding layer: top-k / top-p draw (kernels/samplingTopKKernels.cu, samplingTopPKernels.cu) ----
+
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """[V] -> [V] with every logit below the k-th largest set to -inf."""
+    k = min(k, TOP_K_MAX)
     if k <= 0 or k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k).values[-1]
@@ -65,11 +254,64 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from last-position logits [V]."""
+class Choice(NamedTuple):
+    token: int
+    log_prob: float | None = None  # log-softmax of the processed logits at token; None unless asked
+    normalized_log_prob: float | None = None  # log_prob renormalized over the top-k candidates
+
+
+def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, *,
+           log_probs: bool = False) -> Choice:
+    """One token from processed logits [V] (after `penalize` and `ban_bad_words`)."""
     logits = logits.float()
     if params.greedy:
-        return int(logits.argmax())
-    logits = filter_top_p(filter_top_k(logits / params.temperature, params.top_k), params.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        token = int(logits.argmax())
+    else:
+        kept = filter_top_p(filter_top_k(logits, params.top_k), params.top_p)
+        token = int(torch.multinomial(torch.softmax(kept, dim=-1), 1, generator=generator))
+    if not log_probs:
+        return Choice(token)
+    log_softmax = torch.log_softmax(logits, dim=-1)
+    log_prob = float(log_softmax[token])
+    # samplingTopKKernels.cu (greedy runs as top_k 1, regularizeTopKTopP): normalizeLogProbs gives
+    # log(p / sum of the top-k candidates' p); samplingTopPKernels.cu (top_k 0) never normalizes.
+    k = 1 if params.greedy else min(params.top_k, TOP_K_MAX, logits.shape[-1])
+    norm = log_prob if k == 0 else log_prob - float(torch.logsumexp(torch.topk(log_softmax, k).values, 0))
+    return Choice(token, log_prob, norm)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token id from raw last-position logits [V]: temperature and the draw, no penalties."""
+    return choose(penalize(logits, params, None, end_id=None, generated=0), params, generator).token
+
+
+class RequestSampler:
+    """One request's token choice over its steps: its generator, its token counts and its sequence.
+
+    Args:
+        params: the request's sampling parameters.
+        prompt: the prompt ids (ids >= vocab_size are prompt-table rows).
+        vocab_size: the decoder's vocabulary size.
+        end_id: the request's end id (None: no end id), masked by min_tokens.
+        log_probs: compute each chosen token's log-probability.
+    """
+
+    def __init__(self, params: SamplingParams, prompt: Sequence[int], *, vocab_size: int,
+                 end_id: int | None, log_probs: bool = False):
+        self.params, self.end_id, self.log_probs, self.vocab_size = params, end_id, log_probs, vocab_size
+        self.generator = params.generator()
+        self.sequence = list(prompt)  # prompt + accepted tokens: bad and stop words match across both
+        self.generated = 0
+        self.counts = occurrences(prompt, vocab_size) if params.penalized else None
+
+    def next(self, logits: torch.Tensor) -> Choice:
+        """The next token from raw last-position logits [V]; call `accept` unless it ends the request."""
+        logits = penalize(logits, self.params, self.counts, end_id=self.end_id, generated=self.generated)
+        logits = ban_bad_words(logits, self.sequence, self.params.bad_words)
+        return choose(logits, self.params, self.generator, log_probs=self.log_probs)
+
+    def accept(self, token: int) -> None:
+        self.sequence.append(token)
+        self.generated += 1
+        if self.counts is not None and token < self.vocab_size:
+            self.counts[token] += 1

@@ -8,7 +8,6 @@ from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.model.generate import greedy_generate
 from nvlm_deploy.runtime.decoder import GenerationRequest, TrtllmCheckpointRuntime
-from nvlm_deploy.runtime.sampling import SamplingParams, filter_top_k, filter_top_p, sample_next
 from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
 
 LAYOUTS = [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2)]
@@ -61,12 +60,14 @@ def test_greedy_matches_reference_generate(runtime, tiny_model):
 def test_batch_equals_requests_run_alone_and_streams_each_token(runtime):
     requests = [GenerationRequest([5, 6, 7, 8, 9], max_new_tokens=6),
                 GenerationRequest([100], max_new_tokens=9),
-                GenerationRequest([3, 1, 4, 1, 5, 9, 2, 6], max_new_tokens=4, top_k=5, temperature=0.8, seed=3)]
+                GenerationRequest([3, 1, 4, 1, 5, 9, 2, 6], max_new_tokens=4, top_k=5, temperature=0.8, seed=3),
+                GenerationRequest([11, 12, 11, 12], max_new_tokens=7, top_p=0.9, seed=5, repetition_penalty=1.5,
+                                  presence_penalty=0.5, frequency_penalty=0.25, bad_words=[[903]], min_tokens=3)]
     alone = [runtime.generate([r])[0] for r in requests]
     streamed = []
     together = runtime.generate(requests, on_token=lambda k, tok: streamed.append((k, tok)))
     assert together == alone
-    assert [len(t) for t in together] == [6, 9, 4]
+    assert [len(t) for t in together] == [6, 9, 4, 7]
     for k, tokens in enumerate(together):
         assert [tok for j, tok in streamed if j == k] == tokens
     assert runtime.generate([]) == []
@@ -116,13 +117,92 @@ def test_checkpoint_missing_rank_tensor_is_reported(checkpoints, tmp_path):
         TrtllmCheckpointRuntime.load(ckpt)
 
 
-def test_top_k_and_top_p_filters():
-    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
-    assert torch.isinf(filter_top_k(logits, 2)).tolist() == [True, False, False, True]
-    probs = torch.softmax(logits, 0)  # [0.087, 0.644, 0.237, 0.032]
-    kept = ~torch.isinf(filter_top_p(logits, 0.7))
-    assert kept.tolist() == [False, True, True, False] and probs[1] < 0.7
-    assert (~torch.isinf(filter_top_p(logits, 0.5))).tolist() == [False, True, False, False]
-    assert sample_next(logits, SamplingParams(), None) == 1
-    with pytest.raises(DeployError, match="temperature"):
-        SamplingParams(temperature=0.0, top_k=3)
+# ---- TensorRT-LLM request inputs: penalties, stop and bad words, min_tokens, log-probs, beams ----
+
+PROMPT = [11, 12, 11, 12, 11, 12]  # greedy continues 903, 771, 903, 406, 903, 406, ...
+
+
+def _greedy(runtime, **kwargs):
+    return runtime.generate_results([GenerationRequest(PROMPT, max_new_tokens=12, **kwargs)])[0]
+
+
+def test_stop_word_ends_generation_and_stays_in_the_output(runtime):
+    base = _greedy(runtime)
+    assert base.finish_reason == "length" and len(base.tokens) == 12
+    stop = base.tokens[3:5]
+    out = _greedy(runtime, stop_words=[[1, 2, 3], stop])
+    assert out.finish_reason == "stop_words"
+    assert out.tokens == base.tokens[:len(out.tokens)] and out.tokens[-2:] == stop and len(out.tokens) <= 5
+    across = _greedy(runtime, stop_words=[[PROMPT[-1], base.tokens[0]]])  # may begin in the prompt
+    assert across.tokens == base.tokens[:1] and across.finish_reason == "stop_words"
+
+
+def test_bad_words_never_appear(runtime):
+    base = _greedy(runtime).tokens
+    banned = base[0]
+    out = _greedy(runtime, bad_words=[[banned]]).tokens
+    assert banned in base and banned not in out and len(out) == 12
+    pair = base[2:4]
+    out = _greedy(runtime, bad_words=[pair]).tokens
+    assert out[:3] == base[:3] and not any(out[i:i + 2] == pair for i in range(len(out) - 1))
+
+
+def test_min_tokens_delays_end_id(runtime):
+    base = _greedy(runtime).tokens
+    end = base[1]  # 771: first generated second
+    stopped = _greedy(runtime, end_id=end)
+    assert stopped.tokens == base[:1] and stopped.finish_reason == "end_id"
+    delayed = _greedy(runtime, end_id=end, min_tokens=4)
+    assert len(delayed.tokens) >= 4 and end not in delayed.tokens[:4] and delayed.tokens[:1] == base[:1]
+    assert _greedy(runtime, end_id=end, min_tokens=1).tokens == stopped.tokens  # the default
+
+
+def test_repetition_penalty_changes_greedy_output_as_computed_by_hand(runtime, tiny_model):
+    base = _greedy(runtime).tokens
+    out = _greedy(runtime, repetition_penalty=3.0).tokens
+    assert len(set(base)) < len(base) and out != base and len(set(out)) == len(out)
+    with torch.no_grad():
+        ref = tiny_model(torch.tensor([PROMPT + out]), None)[0, len(PROMPT) - 1:-1]  # [12, V]: logits before each token
+    for i, logits in enumerate(ref):
+        seen = list(set(PROMPT + out[:i]))
+        logits = logits.clone()
+        logits[seen] = torch.where(logits[seen] < 0, logits[seen] * 3.0, logits[seen] / 3.0)
+        assert int(logits.argmax()) == out[i], f"step {i}"
+
+
+def test_log_probs_sum_to_cum_and_match_the_reference_log_softmax(runtime, tiny_model):
+    streamed = []
+    (out,) = runtime.generate_results([GenerationRequest(PROMPT, max_new_tokens=12, return_log_probs=True)],
+                                      on_token=lambda k, tok, lp: streamed.append((tok, lp)))
+    assert out.tokens == _greedy(runtime).tokens and len(out.output_log_probs) == 12
+    assert sum(out.output_log_probs) == pytest.approx(out.cum_log_probs, abs=1e-5)
+    assert streamed == list(zip(out.tokens, out.output_log_probs))
+    with torch.no_grad():
+        ref = torch.log_softmax(tiny_model(torch.tensor([PROMPT + out.tokens]), None)[0, len(PROMPT) - 1:-1], -1)
+    expected = ref[torch.arange(12), torch.tensor(out.tokens)]
+    torch.testing.assert_close(torch.tensor(out.output_log_probs), expected, atol=1e-4, rtol=1e-4)
+    assert _greedy(runtime).output_log_probs is None and _greedy(runtime).cum_log_probs is None
+
+
+def test_log_probs_normalized_and_with_end_id(runtime):
+    (plain,) = runtime.generate_results([GenerationRequest(PROMPT, max_new_tokens=12, return_log_probs=True)])
+    (norm,) = runtime.generate_results([GenerationRequest(PROMPT, max_new_tokens=12, return_log_probs=True)],
+                                       normalize_log_probs=True)
+    assert norm.output_log_probs == [0.0] * 12 and norm.cum_log_probs == plain.cum_log_probs  # greedy: top-1
+    stopped = _greedy(runtime, end_id=plain.tokens[1], return_log_probs=True)
+    assert stopped.tokens == plain.tokens[:1] and stopped.output_log_probs == plain.output_log_probs[:1]
+    # cum_log_probs includes the end_id's log-prob (TensorRT-LLM adds it before testing for EOS)
+    assert stopped.cum_log_probs == pytest.approx(sum(plain.output_log_probs[:2]), abs=1e-5)
+
+
+def test_beam_search_is_refused_and_its_settings_are_ignored_with_one_beam(runtime):
+    with pytest.raises(DeployError, match="request 1: beam_width 2 is not supported.*--max_beam_width 1"):
+        runtime.generate([GenerationRequest([1]), GenerationRequest([1], beam_width=2)])
+    with pytest.raises(DeployError, match="request 0: num_return_sequences 3"):
+        runtime.generate([GenerationRequest([1], num_return_sequences=3)])
+    with pytest.raises(DeployError, match="request 0: stop_words has an empty sequence"):
+        runtime.generate([GenerationRequest([1], stop_words=[[]])])
+    with pytest.raises(DeployError, match="request 0: temperature must be a finite number"):
+        runtime.generate([GenerationRequest([1], temperature=float("nan"))])
+    beams = _greedy(runtime, beam_width=1, length_penalty=1.0, early_stopping=0, beam_search_diversity_rate=0.5)
+    assert beams.tokens == _greedy(runtime).tokens
