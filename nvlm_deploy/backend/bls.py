@@ -36,10 +36,13 @@ SAMPLING_INPUTS = {src: dst for src, dst in client_tensors.passthrough_inputs().
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of one request, sent with its final response."""
+    """What the final response carries besides text: token counts, and the log-probs of the generated
+    tokens (zeros unless the request asked for them, as tensorrt_llm returns them)."""
 
     num_input_tokens: int
     num_output_tokens: int
+    cum_log_prob: float = 0.0
+    output_log_probs: tuple[float, ...] = ()
 
 
 class BlsHandler:
@@ -47,7 +50,8 @@ class BlsHandler:
         decode: ids -> text (special tokens skipped, ids outside the tokenizer dropped).
         preprocess: preprocessing tensors in -> out.
         encode: PIXEL_VALUES [1, T, 3, S, S] -> (prompt_embedding_table, prompt_vocab_size).
-        generate: tensorrt_llm tensors in -> iterator of output_ids arrays (streamed or whole).
+        generate: tensorrt_llm tensors in -> iterator of its outputs (output_ids, output_log_probs,
+            cum_log_probs), streamed or whole.
         unfinished: ids -> True when they end inside a character (detokenize.byte_level_unfinished).
     """
 
@@ -70,6 +74,7 @@ class BlsHandler:
             "input_ids": pre["INPUT_ID"], "input_lengths": pre["REQUEST_INPUT_LEN"],
             "request_output_len": pre["REQUEST_OUTPUT_LEN"], "end_id": pre["OUT_END_ID"],
             "pad_id": pre["OUT_PAD_ID"], "streaming": np.array([[streaming]], dtype=bool),
+            "stop_words_list": pre["STOP_WORDS_IDS"], "bad_words_list": pre["BAD_WORDS_IDS"],
             "exclude_input_in_output": np.array([[True]], dtype=bool),
         }
         llm_inputs.update({dst: inputs[src] for src, dst in SAMPLING_INPUTS.items() if inputs.get(src) is not None})
@@ -79,16 +84,21 @@ class BlsHandler:
         detok = IncrementalDetokenizer(self.decode, unfinished=self.unfinished)
         echo = not streaming and not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
         pending = rq.text(inputs.get(client_tensors.TEXT_INPUT)) if echo else ""
-        generated = 0
-        for output_ids in self.generate(llm_inputs):
-            ids = np.asarray(output_ids).reshape(-1).tolist()
-            generated += len(ids)
+        generated: list[int] = []
+        log_probs: list[float] = []
+        cum = 0.0
+        for outputs in self.generate(llm_inputs):
+            ids = np.asarray(outputs["output_ids"]).reshape(-1).tolist()
+            generated += ids
+            if outputs.get("output_log_probs") is not None:
+                log_probs += np.asarray(outputs["output_log_probs"]).reshape(-1).tolist()[-len(ids):] if ids else []
+                cum = (cum if streaming else 0.0) + float(np.asarray(outputs["cum_log_probs"]).reshape(-1)[0])
             pending += detok.push(ids)
             if streaming and pending:
                 send(pending, None)
                 pending = ""
         prompt_len = int(np.asarray(pre["REQUEST_INPUT_LEN"]).reshape(-1)[0])
-        send(pending + detok.finish(), Usage(prompt_len, generated))
+        send(pending + detok.finish(), Usage(prompt_len, len(generated), cum, tuple(log_probs)))
 
 
 def make_decode(tokenizer) -> Callable[[list[int]], str]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from nvlm_deploy.backend import request_inputs as rq
 from nvlm_deploy.backend.request_inputs import RequestError
+from nvlm_deploy.errors import DeployError
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,43 @@ class LlmRequest:
     exclude_input: bool
 
 
-# emit(request_index, output_ids [1, 1, n] int32, sequence_length [1, 1] int32)
-Emit = Callable[[int, np.ndarray, np.ndarray], None]
+# emit(request_index, outputs): output_ids [1, beam=1, n] int32, sequence_length [1, 1] int32, and with
+# return_log_probs cum_log_probs [1, 1] and output_log_probs [1, 1, n] float32 (tensorrtllm_backend's)
+Emit = Callable[[int, dict[str, np.ndarray]], None]
 
 
-def _ids(tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1), np.array([[len(tokens)]], dtype=np.int32)
+def _outputs(tokens: Sequence[int], log_probs: Sequence[float] | None, cum_log_prob: float | None = None, *,
+             generated: int) -> dict[str, np.ndarray]:
+    """The tensors of one response; log-probs are zeros unless the request asked for them (the ensemble
+    maps these outputs, so every response carries them)."""
+    values = [0.0] * generated if log_probs is None else list(log_probs)
+    cum = sum(values) if cum_log_prob is None else cum_log_prob
+    return {"output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1),
+            "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
+            "cum_log_probs": np.array([[cum]], np.float32),  # [batch, beam]
+            "output_log_probs": np.asarray(values, dtype=np.float32).reshape(1, 1, -1)}  # [batch, beam, n]
+
+
+def word_lists(array: np.ndarray | None) -> list[list[int]]:
+    """tensorrtllm_backend's stop_words_list / bad_words_list INT32 [1, 2, L] (or [2, L]): row 0 every word's
+    ids joined, row 1 each word's end offset, padded with -1 -> the words' id lists."""
+    if array is None or np.asarray(array).size == 0:
+        return []
+    data = np.asarray(array).reshape(2, -1) if np.asarray(array).ndim != 3 else np.asarray(array)[0]
+    ids, ends = data[0].tolist(), [int(e) for e in data[1].tolist() if e >= 0]
+    if ends != sorted(ends) or (ends and ends[-1] > len(ids)):
+        raise RequestError(f"a word list's offsets {ends} do not fit its {len(ids)} ids.")
+    return [ids[start:end] for start, end in zip([0, *ends], ends) if end > start]
 
 
 class LlmHandler:
     """Args: runtime: a TrtllmCheckpointRuntime; max_input_len / max_output_len: the engine's limits."""
 
-    def __init__(self, runtime, *, max_input_len: int, max_output_len: int):
+    def __init__(self, runtime, *, max_input_len: int, max_output_len: int, normalize_log_probs: bool = False):
         self.runtime = runtime
         self.max_input_len = max_input_len
         self.max_output_len = max_output_len
+        self.normalize_log_probs = normalize_log_probs
 
     @classmethod
     def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "LlmHandler":
@@ -70,26 +93,47 @@ class LlmHandler:
         vocab = int(rq.first(inputs.get("prompt_vocab_size"), 0))
         table = None if table is None or vocab == 0 else np.asarray(table, dtype=np.float32).reshape(-1, self.runtime.hidden_size)[:vocab]
         seed = rq.first(inputs.get("seed"))
-        generation = GenerationRequest(
-            input_ids=ids, prompt_table=table, max_new_tokens=out_len,
-            end_id=_opt_int(rq.first(inputs.get("end_id"))), pad_id=_opt_int(rq.first(inputs.get("pad_id"))),
-            temperature=float(rq.first(inputs.get("temperature"), 1.0)),
-            top_k=int(rq.first(inputs.get("runtime_top_k"), 0)), top_p=float(rq.first(inputs.get("runtime_top_p"), 0.0)),
-            seed=None if seed is None else int(seed))
+        for name in ("return_context_logits", "return_generation_logits"):
+            if rq.first(inputs.get(name), False):
+                raise RequestError(f"{name}: this engine does not gather logits (built without "
+                                   "--gather_context_logits / --gather_generation_logits); send false.")
+        try:
+            generation = GenerationRequest(
+                input_ids=ids, prompt_table=table, max_new_tokens=out_len,
+                end_id=_opt_int(rq.first(inputs.get("end_id"))), pad_id=_opt_int(rq.first(inputs.get("pad_id"))),
+                temperature=float(rq.first(inputs.get("temperature"), 1.0)),
+                top_k=int(rq.first(inputs.get("runtime_top_k"), 0)),
+                top_p=float(rq.first(inputs.get("runtime_top_p"), 0.0)), seed=None if seed is None else int(seed),
+                repetition_penalty=float(rq.first(inputs.get("repetition_penalty"), 1.0)),
+                presence_penalty=float(rq.first(inputs.get("presence_penalty"), 0.0)),
+                frequency_penalty=float(rq.first(inputs.get("frequency_penalty"), 0.0)),
+                min_tokens=int(rq.first(inputs.get("min_tokens"), 1)),
+                length_penalty=float(rq.first(inputs.get("len_penalty"), 0.0)),
+                beam_width=int(rq.first(inputs.get("beam_width"), 1)),
+                num_return_sequences=_opt_int(rq.first(inputs.get("num_return_sequences"))),
+                stop_words=word_lists(inputs.get("stop_words_list")), bad_words=word_lists(inputs.get("bad_words_list")),
+                return_log_probs=bool(rq.first(inputs.get("return_log_probs"), False)))
+            generation.sampling()  # out-of-range values are this request's error, before the batch runs
+        except RequestError:
+            raise
+        except DeployError as exc:
+            raise RequestError(str(exc)) from None
         return LlmRequest(generation=generation, streaming=bool(rq.first(inputs.get("streaming"), False)),
                           exclude_input=bool(rq.first(inputs.get("exclude_input_in_output"), False)))
 
     def run(self, batch: Sequence[LlmRequest], emit: Emit) -> None:
         """Generate the batch together; emit() each streamed token, or each whole output at the end."""
-        def on_token(k: int, token: int) -> None:
+        def on_token(k: int, token: int, log_prob: float | None) -> None:
             if batch[k].streaming:
-                emit(k, *_ids([token]))
+                emit(k, _outputs([token], None if log_prob is None else [log_prob], generated=1))
 
-        outputs = self.runtime.generate([r.generation for r in batch], on_token=on_token)
-        for k, (req, tokens) in enumerate(zip(batch, outputs)):
+        results = self.runtime.generate_results([r.generation for r in batch], on_token=on_token,
+                                                normalize_log_probs=self.normalize_log_probs)
+        for k, (req, result) in enumerate(zip(batch, results)):
             if not req.streaming:
                 prefix = [] if req.exclude_input else list(req.generation.input_ids)
-                emit(k, *_ids(prefix + list(tokens)))
+                emit(k, _outputs(prefix + list(result.tokens), result.output_log_probs, result.cum_log_probs,
+                                 generated=len(result.tokens)))
 
 
 def _opt_int(value) -> int | None:

@@ -61,6 +61,8 @@ class PreprocessingHandler:
         prepared = self.prepare(prompt, images, history=history)
         ids = np.asarray(prepared.input_ids, dtype=np.int32)[None]  # [1, L]
         return {
+            "STOP_WORDS_IDS": self.word_list(inputs.get("STOP_WORDS_DICT"), name="stop_words"),
+            "BAD_WORDS_IDS": self.word_list(inputs.get("BAD_WORDS_DICT"), name="bad_words"),
             "INPUT_ID": ids,
             "REQUEST_INPUT_LEN": np.array([[ids.shape[1]]], dtype=np.int32),
             "REQUEST_OUTPUT_LEN": np.array([[out_len]], dtype=np.int32),
@@ -68,6 +70,20 @@ class PreprocessingHandler:
             "OUT_END_ID": np.array([[int(end_id)]], dtype=np.int32),
             "OUT_PAD_ID": np.array([[int(pad_id)]], dtype=np.int32),
         }
+
+    def word_list(self, array, *, name: str) -> np.ndarray:
+        """`stop_words` / `bad_words` strings -> tensorrtllm_backend's word list INT32 [1, 2, L]: row 0 every
+        word's ids joined, row 1 each word's end offset, padded with -1 (as upstream's preprocessing)."""
+        words = [] if array is None else [w.decode("utf-8") if isinstance(w, bytes) else str(w)
+                                          for w in np.asarray(array).reshape(-1)]
+        ids, ends = [], []
+        for word in words:
+            if word:
+                ids += self.tokenizer.encode(word)
+                ends.append(len(ids))
+        if not ids:
+            return np.array([[[0], [-1]]], dtype=np.int32)  # no words: one padded column
+        return np.array([[ids, ends + [-1] * (len(ids) - len(ends))]], dtype=np.int32)
 
     def prepare(self, prompt: str, images: Sequence[bytes], *, history: Sequence[tuple[str, str]] = ()):
         """Preprocessor.prepare with the repository's limits; user mistakes become RequestError."""

@@ -167,6 +167,8 @@ UNSUPPORTED_INPUTS = {
                    "decoded pixels (image_bytes_input), encoded files (image_files_input) or image_url_input",
     "VIDEO_BYTES": "video_bytes_input: NVLM-D takes images, not video",
     "DECODER_QUERY": "decoder_text_input is for encoder-decoder models; NVLM-D is decoder-only",
+    "EMBEDDING_BIAS_WORDS": "embedding_bias_words: the decoder runtime applies no embedding bias",
+    "EMBEDDING_BIAS_WEIGHTS": "embedding_bias_weights: the decoder runtime applies no embedding bias",
 }
 
 

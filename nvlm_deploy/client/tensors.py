@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nvlm_deploy.contracts.client_tensors import (CHAT_HISTORY, CLIENT_INPUTS, IMAGE_FILES, IMAGE_FILES_LENGTHS, NUM_INPUT_TOKENS,
+from nvlm_deploy.contracts.client_tensors import (CHAT_HISTORY, CLIENT_INPUTS, STOP_WORDS, IMAGE_FILES, IMAGE_FILES_LENGTHS, NUM_INPUT_TOKENS,
                                                   NUM_OUTPUT_TOKENS, TEXT_INPUT, TEXT_OUTPUT)
 from nvlm_deploy.errors import DeployError
 
@@ -40,8 +40,13 @@ class ChatRequest:
     seed: int | None = None
     end_id: int | None = None
     pad_id: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    min_tokens: int | None = None
+    return_log_probs: bool | None = None
     history: tuple[tuple[str, str], ...] = ()  # earlier turns (role, content): system / user / assistant
-    stop: tuple[str, ...] = ()  # stop strings (the answer ends before them)
+    stop: tuple[str, ...] = ()  # stop strings: generation ends after one (TensorRT-LLM keeps it in the output)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ _NUMPY = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": bo
 def input_arrays(request: ChatRequest) -> dict[str, tuple[str, np.ndarray]]:
     """name -> (triton dtype, array) of every tensor the request sends (contracts.client_tensors)."""
     arrays = {TEXT_INPUT: ("BYTES", np.array([[request.prompt.encode("utf-8")]], dtype=object))}
+    if request.stop:
+        arrays[STOP_WORDS] = ("BYTES", np.array([[w.encode("utf-8") for w in request.stop]], dtype=object))
     if request.history:
         history = json.dumps([list(turn) for turn in request.history])
         arrays[CHAT_HISTORY] = ("BYTES", np.array([[history.encode("utf-8")]], dtype=object))

@@ -34,7 +34,7 @@ class ClientTensor:
 
 
 TEXT_INPUT, IMAGE_FILES, IMAGE_FILES_LENGTHS = "text_input", "image_files_input", "image_files_lengths"
-CHAT_HISTORY = "chat_history"
+CHAT_HISTORY, STOP_WORDS = "chat_history", "stop_words"
 CLIENT_INPUTS: tuple[ClientTensor, ...] = (
     ClientTensor(TEXT_INPUT, "TYPE_STRING", (1,), optional=False, preprocessing="QUERY"),
     ClientTensor("decoder_text_input", "TYPE_STRING", (1,), preprocessing="DECODER_QUERY"),
@@ -51,6 +51,25 @@ CLIENT_INPUTS: tuple[ClientTensor, ...] = (
     ClientTensor("top_k", "TYPE_INT32", (1,), tensorrt_llm="runtime_top_k", request_field="top_k"),
     ClientTensor("top_p", "TYPE_FP32", (1,), tensorrt_llm="runtime_top_p", request_field="top_p"),
     ClientTensor("seed", "TYPE_UINT64", (1,), tensorrt_llm="seed", request_field="seed"),
+    ClientTensor("bad_words", "TYPE_STRING", (-1,), preprocessing="BAD_WORDS_DICT"),
+    ClientTensor(STOP_WORDS, "TYPE_STRING", (-1,), preprocessing="STOP_WORDS_DICT"),
+    ClientTensor("length_penalty", "TYPE_FP32", (1,), tensorrt_llm="len_penalty"),
+    ClientTensor("repetition_penalty", "TYPE_FP32", (1,), tensorrt_llm="repetition_penalty",
+                 request_field="repetition_penalty"),
+    ClientTensor("min_tokens", "TYPE_INT32", (1,), tensorrt_llm="min_tokens", request_field="min_tokens"),
+    ClientTensor("presence_penalty", "TYPE_FP32", (1,), tensorrt_llm="presence_penalty",
+                 request_field="presence_penalty"),
+    ClientTensor("frequency_penalty", "TYPE_FP32", (1,), tensorrt_llm="frequency_penalty",
+                 request_field="frequency_penalty"),
+    ClientTensor("return_log_probs", "TYPE_BOOL", (1,), tensorrt_llm="return_log_probs",
+                 request_field="return_log_probs"),
+    ClientTensor("return_context_logits", "TYPE_BOOL", (1,), tensorrt_llm="return_context_logits"),
+    ClientTensor("return_generation_logits", "TYPE_BOOL", (1,), tensorrt_llm="return_generation_logits"),
+    ClientTensor("beam_width", "TYPE_INT32", (1,), tensorrt_llm="beam_width"),
+    ClientTensor("num_return_sequences", "TYPE_INT32", (1,), tensorrt_llm="num_return_sequences"),
+    ClientTensor("prompt_table_extra_id", "TYPE_UINT64", (1,), preprocessing="PROMPT_TABLE_EXTRA_ID"),
+    ClientTensor("embedding_bias_words", "TYPE_STRING", (-1,), preprocessing="EMBEDDING_BIAS_WORDS"),
+    ClientTensor("embedding_bias_weights", "TYPE_FP32", (-1,), preprocessing="EMBEDDING_BIAS_WEIGHTS"),
     ClientTensor("end_id", "TYPE_INT32", (1,), preprocessing="END_ID", request_field="end_id"),
     ClientTensor("pad_id", "TYPE_INT32", (1,), preprocessing="PAD_ID", request_field="pad_id"),
     ClientTensor("exclude_input_in_output", "TYPE_BOOL", (1,), tensorrt_llm="exclude_input_in_output",
@@ -67,8 +86,12 @@ NUM_OUTPUT_TOKENS = ClientTensor("num_output_tokens", "TYPE_INT32", (1,), option
 # the returned sequence within the row: always 0, one sequence per row)
 BATCH_INDEX = ClientTensor("batch_index", "TYPE_INT32", (1,), optional=False)
 SEQUENCE_INDEX = ClientTensor("sequence_index", "TYPE_INT32", (1,), optional=False)
-CLIENT_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT,)
-BLS_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, BATCH_INDEX, SEQUENCE_INDEX, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
+# with return_log_probs (tensorrtllm_backend's shapes: per beam, and per beam x token)
+CUM_LOG_PROBS = ClientTensor("cum_log_probs", "TYPE_FP32", (-1,), optional=False)
+OUTPUT_LOG_PROBS = ClientTensor("output_log_probs", "TYPE_FP32", (-1, -1), optional=False)
+CLIENT_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, CUM_LOG_PROBS, OUTPUT_LOG_PROBS)
+BLS_OUTPUTS: tuple[ClientTensor, ...] = (TEXT_OUTPUT, CUM_LOG_PROBS, OUTPUT_LOG_PROBS, BATCH_INDEX, SEQUENCE_INDEX,
+                                         NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
 BY_NAME = {t.name: t for t in CLIENT_INPUTS + BLS_OUTPUTS}
 
 # Inputs the BLS handles itself rather than passing through to tensorrt_llm.

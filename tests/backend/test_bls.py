@@ -29,7 +29,7 @@ def pipeline(cpu_repo, engines):
 
     def generate(inputs):
         out = []
-        llm.run([llm.parse(inputs)], lambda k, ids, length: out.append(ids))
+        llm.run([llm.parse(inputs)], lambda k, outputs: out.append(outputs))
         return out
 
     from nvlm_deploy.backend.detokenize import byte_level_unfinished
@@ -99,3 +99,51 @@ def test_history_reaches_the_prompt(pipeline):
     bls.run(inputs, lambda text, usage: sent.append(usage))
     want = pre.prepare("And now?", [], history=[("user", "Hi"), ("assistant", "Hello!")])
     assert sent[-1].num_input_tokens == len(want.input_ids) > len(pre.prepare("And now?", []).input_ids)
+
+
+def run_raw(bls, prompt="Hello, how are you?", **arrays):
+    sent = []
+    bls.run({"text_input": np.array([[prompt.encode()]], dtype=object), "max_tokens": np.array([[12]], np.int32),
+             "exclude_input_in_output": np.array([[True]]), **arrays}, lambda text, usage: sent.append((text, usage)))
+    return "".join(t for t, _ in sent), sent[-1][1]
+
+
+def test_stop_words_end_the_answer_and_log_probs_come_back(pipeline, reference):
+    bls, _, pre = pipeline
+    whole, usage = run_raw(bls, return_log_probs=np.array([[True]]))
+    assert len(usage.output_log_probs) == usage.num_output_tokens == 12
+    assert usage.cum_log_prob == pytest.approx(sum(usage.output_log_probs), abs=1e-4)
+    assert all(lp <= 0 for lp in usage.output_log_probs)
+    prompt = "Describe the image in detail."  # its answer has tokens that tokenize back to themselves
+    ids = reference.generate_ids(reference.preprocessor.prepare(prompt, []), max_new_tokens=12)
+    tok = pre.tokenizer
+    k = next(k for k, t in enumerate(ids) if k >= 1 and t not in ids[:k] and tok.encode(tok.decode([t])) == [t])
+    whole, _ = run_raw(bls, prompt)
+    cut, cut_usage = run_raw(bls, prompt, stop_words=np.array([[tok.decode([ids[k]]).encode()]], dtype=object))
+    assert cut_usage.num_output_tokens == k + 1  # TensorRT-LLM keeps the stop word in the output
+    assert whole.startswith(cut) and len(cut) < len(whole)
+
+
+def test_sampling_inputs_reach_the_runtime_or_are_refused(pipeline):
+    from nvlm_deploy.backend.request_inputs import RequestError
+
+    bls, _, _ = pipeline
+    plain, _ = run_raw(bls)
+    penalized, _ = run_raw(bls, repetition_penalty=np.array([[3.0]], np.float32))
+    assert penalized != plain  # the tiny model repeats itself; the penalty changes the greedy answer
+    with pytest.raises(RequestError, match="beam"):
+        run_raw(bls, beam_width=np.array([[2]], np.int32))
+    with pytest.raises(RequestError, match="repetition_penalty"):
+        run_raw(bls, repetition_penalty=np.array([[-1.0]], np.float32))
+    with pytest.raises(RequestError, match="embedding bias"):
+        run_raw(bls, embedding_bias_words=np.array([[b"x"]], dtype=object))
+
+
+def test_word_lists_round_trip(pipeline):
+    from nvlm_deploy.backend.llm import word_lists
+
+    _, _, pre = pipeline
+    words = ["Hello", " world!", "日本"]
+    packed = pre.word_list(np.array([[w.encode() for w in words]], dtype=object), name="stop_words")
+    assert word_lists(packed) == [pre.tokenizer.encode(w) for w in words]
+    assert word_lists(pre.word_list(None, name="stop_words")) == []

@@ -17,7 +17,7 @@ def test_streaming_and_exclude_input_follow_tensorrt_llm(engines, tiny_checkpoin
     llm.run([llm.parse({**base, "streaming": np.array([[True]])}),
              llm.parse({**base, "exclude_input_in_output": np.array([[False]])}),
              llm.parse({**base, "exclude_input_in_output": np.array([[True]])})],
-            lambda k, o, n: out.append((k, o[0, 0].tolist(), int(n[0, 0]))))
+            lambda k, o: out.append((k, o["output_ids"][0, 0].tolist(), int(o["sequence_length"][0, 0]))))
     streamed = [o for k, o, _ in out if k == 0]
     assert len(streamed) == 6 and all(len(o) == 1 for o in streamed)
     generated = sum(streamed, [])

@@ -29,8 +29,8 @@ class TritonPythonModel:
                 sender.send(pbutils.error_response(pb_utils, str(exc)), flags=FINAL)
         if batch:
             try:
-                self.handler.run(batch, lambda k, ids, length: senders[k].send(pb_utils.InferenceResponse(
-                    output_tensors=pbutils.tensors(pb_utils, {"output_ids": ids, "sequence_length": length}))))
+                self.handler.run(batch, lambda k, outputs: senders[k].send(pb_utils.InferenceResponse(
+                    output_tensors=pbutils.tensors(pb_utils, outputs))))
             except Exception as exc:  # a failure must end these requests with its message, not hang them
                 for sender in senders:
                     sender.send(pbutils.error_response(pb_utils, f"generation failed: {exc}"), flags=FINAL)

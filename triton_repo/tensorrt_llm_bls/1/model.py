@@ -13,14 +13,16 @@ import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 from nvlm_deploy.backend import pbutils
-from nvlm_deploy.contracts.client_tensors import (BATCH_INDEX, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS, SEQUENCE_INDEX,
-                                                  TEXT_OUTPUT)
+from nvlm_deploy.contracts.client_tensors import (BATCH_INDEX, CUM_LOG_PROBS, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS,
+                                                  OUTPUT_LOG_PROBS, SEQUENCE_INDEX, TEXT_OUTPUT)
 from nvlm_deploy.backend.bls import BlsHandler, make_decode, split_rows
 from nvlm_deploy.backend.detokenize import byte_level_unfinished
 from nvlm_deploy.backend.request_inputs import RequestError
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID"]
+PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID",
+               "STOP_WORDS_IDS", "BAD_WORDS_IDS"]
+LLM_OUTPUTS = ["output_ids", "output_log_probs", "cum_log_probs"]
 
 
 class TritonPythonModel:
@@ -63,7 +65,10 @@ class TritonPythonModel:
                         sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
                     return
                 outputs += [pb_utils.Tensor(NUM_INPUT_TOKENS.name, np.array([usage.num_input_tokens], np.int32)),
-                            pb_utils.Tensor(NUM_OUTPUT_TOKENS.name, np.array([usage.num_output_tokens], np.int32))]
+                            pb_utils.Tensor(NUM_OUTPUT_TOKENS.name, np.array([usage.num_output_tokens], np.int32)),
+                            pb_utils.Tensor(CUM_LOG_PROBS.name, np.array([usage.cum_log_prob], np.float32)),
+                            pb_utils.Tensor(OUTPUT_LOG_PROBS.name,
+                                            np.array([usage.output_log_probs], np.float32).reshape(1, -1))]
                 finish_row(pb_utils.InferenceResponse(output_tensors=outputs))
 
             try:
@@ -100,9 +105,9 @@ class TritonPythonModel:
                 pb_utils.get_output_tensor_by_name(response, "prompt_vocab_size").as_numpy())
 
     def _generate(self, inputs):
-        for response in self._request("tensorrt_llm", inputs, ["output_ids"]).exec(decoupled=True):
+        for response in self._request("tensorrt_llm", inputs, LLM_OUTPUTS).exec(decoupled=True):
             if response.has_error():
                 raise RequestError(response.error().message())
-            ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-            if ids is not None:
-                yield ids.as_numpy()
+            outputs = pbutils.response_inputs(pb_utils, response, LLM_OUTPUTS)
+            if outputs["output_ids"] is not None:
+                yield outputs
