@@ -53,6 +53,18 @@ class TargetManifest:
     limits: dict[str, Any]
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=tool_versions)
+    # Written by `nvlm-deploy build` (nvlm_deploy.pipeline); the defaults mean "made by the stage commands alone".
+    target: str | None = None  # the target's name, e.g. "h100-sxm-bf16-tp2" (build.targets)
+    runtime: str | None = None  # "gpu" | "cpu": what serves its repository
+    recipe: str | None = None  # plan.recipes key (GPU), or the precision of a CPU target
+    tp: int | None = None
+    pp: int | None = None
+    gpu: dict[str, Any] = field(default_factory=dict)  # the GPU registry's slug, name, compute_capability, memory_bytes
+    input_hashes: dict[str, str] = field(default_factory=dict)  # the HF checkpoint's (artifacts.input_hashes)
+    tensorrt: str | None = None  # versions the engines were built with, recorded when every stage is done
+    tensorrt_llm: str | None = None
+    plan: dict[str, Any] = field(default_factory=dict)  # nvlm_deploy.plan's plan for the target, where it offers one
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> sha256 of its manifest.json, when all are built
 
 
 @dataclass(frozen=True)

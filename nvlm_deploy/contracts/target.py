@@ -14,14 +14,16 @@ change that an already-built engine cannot serve is refused, naming both limits.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nvlm_deploy.contracts.limits import DeploymentLimits
 from nvlm_deploy.contracts.manifest import (MANIFEST, LlmEngineManifest, OnnxManifest, RepositoryManifest,
-                                            TargetManifest, TrtllmCheckpointManifest, VisionEngineManifest,
-                                            read_manifest, write_manifest)
+                                            TargetManifest, TrtllmCheckpointManifest, VisionEngineManifest, now,
+                                            read_manifest, tool_versions, write_manifest)
 from nvlm_deploy.errors import DeployError
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ STAGES: dict[str, Stage] = {
     "llm": Stage("llm", LlmEngineManifest, "nvlm-deploy build llm"),
     "model_repository": Stage("model_repository", RepositoryManifest, "nvlm-deploy package"),
 }
+ENGINE_STAGES = ("vision", "llm")  # tied to a GPU architecture and library versions
 
 
 class Target:
@@ -69,11 +72,69 @@ class Target:
         return (self.dir(stage) / MANIFEST).is_file()
 
     def manifest(self, stage: str):
-        """The stage's typed manifest; a DeployError naming the command when the stage is missing."""
+        """The stage's typed manifest; a DeployError naming the command when the stage is missing, and
+        for an engine that does not fit the GPU or TensorRT-LLM version the target manifest records."""
         spec = STAGES[stage]
         if not self.dir(stage).is_dir():
             raise DeployError(f"{self.dir(stage)} does not exist: write it with `{spec.command} ... --out {self.root}`.")
-        return read_manifest(self.dir(stage), spec.manifest, writer=spec.command)
+        manifest = read_manifest(self.dir(stage), spec.manifest, writer=spec.command)
+        if stage in ENGINE_STAGES:
+            problems = self.hardware_mismatches(stage, {**manifest.gpu, "hardware_compat": getattr(
+                manifest, "hardware_compat", "none")}, tensorrt_llm=getattr(manifest, "tensorrt_llm", None))
+            if problems:
+                raise DeployError(f"{self.dir(stage)} does not belong to this target:\n  - " + "\n  - ".join(problems)
+                                  + f"\nFix: {self.rebuild_command()}.")
+        return manifest
+
+    # ---- what `nvlm-deploy build` records: the target's GPU and library versions ----
+
+    def record(self, **fields) -> TargetManifest:
+        """Update the target manifest's build record (TargetManifest fields besides the limits)."""
+        existing = self.target_manifest()
+        if existing is None:
+            raise DeployError(f"{self.root / MANIFEST} does not exist: store the target's limits first.")
+        updated = dataclasses.replace(existing, **fields)
+        if updated != existing:
+            write_manifest(self.root, updated)
+        return updated
+
+    def rebuild_command(self) -> str:
+        """How to rebuild this target: `nvlm-deploy build` when it made it, else the stage commands."""
+        manifest = self.target_manifest()
+        if manifest is None or manifest.target is None:
+            return (f"rebuild the engines with `nvlm-deploy build vision` and `nvlm-deploy build llm` "
+                    f"(--out {self.root}) on the GPU they are for")
+        return (f"rebuild the target on {manifest.gpu.get('name', 'its')} GPUs: `nvlm-deploy build --model "
+                f"{manifest.model_dir} --target {manifest.target} --out {self.root.parent.parent}`")
+
+    def hardware_mismatches(self, stage: str, built: dict, *, tensorrt_llm: str | None = None,
+                            runs_on: Callable[[dict, str], bool] | None = None) -> list[str]:
+        """Why an engine built on `built` does not fit the GPU and library versions the target manifest
+        records; [] when it fits, or the target records none (made by the stage commands alone).
+
+        Args:
+            stage: "vision" or "llm", for the message.
+            built: the engine's GPU facts + hardware_compat, as its manifest (or the repository's
+                engines_gpu) says.
+            tensorrt_llm: the TensorRT-LLM version the engine was built with, where known.
+            runs_on: serve.launch.runs_on (TensorRT's hardware compatibility levels). None: only an
+                engine for exactly its build GPU's SM (hardware_compat "none", the default) is judged.
+        """
+        manifest = self.target_manifest()
+        if manifest is None or not manifest.gpu:
+            return []
+        here = f"this target ({manifest.target}, {self.root / MANIFEST})"
+        want, have = manifest.gpu.get("compute_capability"), built.get("compute_capability")
+        compat = built.get("hardware_compat") or "none"
+        fits = runs_on(built, want) if runs_on else compat != "none" or have == want
+        problems = [] if not have or fits else [
+            f"{stage}/ engine was built for {built.get('name')} (SM {have}, hardware compatibility {compat}); "
+            f"{here} is for {manifest.gpu.get('name')} (SM {want})"]
+        for tool, version, recorded in (("TensorRT", built.get("tensorrt"), manifest.tensorrt),
+                                        ("TensorRT-LLM", tensorrt_llm, manifest.tensorrt_llm)):
+            if version and recorded and version != recorded:
+                problems.append(f"{stage}/ engine was built with {tool} {version}; {here} was built with {recorded}")
+        return problems
 
     # ---- limits ----
 
@@ -127,7 +188,10 @@ class Target:
         except OSError as exc:
             raise DeployError(f"cannot create the target directory {self.root} ({exc.strerror}); choose another --out.") \
                 from None
-        write_manifest(self.root, TargetManifest(model_dir=str(Path(model_dir).resolve()), limits=limits.as_dict()))
+        model_dir, limits_dict = str(Path(model_dir).resolve()), limits.as_dict()
+        write_manifest(self.root, TargetManifest(model_dir=model_dir, limits=limits_dict) if existing is None else
+                       dataclasses.replace(existing, model_dir=model_dir, limits=limits_dict, created=now(),
+                                           tools=tool_versions()))  # the build record stays
 
     def engines_not_serving(self, limits: DeploymentLimits, *, skip: str | None = None,
                             stages: tuple[str, ...] = ("vision", "llm")) -> list[str]:

@@ -84,7 +84,26 @@ def check_repository(repo: str | Path, *, local=None):
     if problems:
         raise DeployError(f"the engines in {repo} do not fit this machine:\n  - " + "\n  - ".join(problems)
                           + "\nFix: " + REBUILD.format(engines=manifest.target) + ".")
+    disagree = target_mismatches(manifest)
+    if disagree:
+        from nvlm_deploy.contracts.target import Target
+
+        raise DeployError(f"{Path(repo) / 'manifest.json'} does not match the target it was packaged from:\n  - "
+                          + "\n  - ".join(disagree) + f"\nFix: {Target(manifest.target).rebuild_command()}.")
     return manifest
+
+
+def target_mismatches(manifest) -> list[str]:
+    """Where the repository's engines (GPU, TensorRT, TensorRT-LLM) disagree with its target's manifest.json;
+    [] when they agree, or the target is not here or records no GPU (made by the stage commands alone)."""
+    from nvlm_deploy.contracts.target import Target
+
+    target = Target(manifest.target)
+    problems = []
+    for stage, built in (manifest.engines_gpu or {}).items():
+        problems += target.hardware_mismatches(stage, built or {}, runs_on=runs_on,
+                                               tensorrt_llm=manifest.tensorrt_llm if stage == "llm" else None)
+    return problems
 
 
 def check_paths(repo: str | Path, *, log=print):
