@@ -224,3 +224,17 @@ def test_multibyte_characters_stream_whole_and_join_to_exactly_the_text(multibyt
         assert ens.chat("Say it.", max_tokens=18) == text
         pieces = list(ens.stream("Say it.", max_tokens=18))  # decoded one response at a time
     assert "".join(pieces) != text and "\ufffd" in "".join(pieces)
+
+
+def test_the_bls_echoes_the_users_text_as_upstream_does(server, reference):
+    """exclude_input_in_output false, or unset (upstream's default): the user's text_input in front of a
+    non-streamed answer, not the chat-templated prompt. (The ensemble cannot: a step may not mix the
+    client's tensors with a decoupled model's outputs, so it echoes the prompt as the model sees it.)"""
+    from nvlm_deploy.client import NvlmClient
+
+    prompt = "Describe the image in detail."
+    whole = make_decode(reference.tokenizer)(reference_ids(reference, prompt, [], 8))
+    with NvlmClient(server.grpc_url) as c:
+        assert c.chat(prompt, max_tokens=8) == whole
+        assert c.chat(prompt, max_tokens=8, exclude_input_in_output=False) == prompt + whole
+        assert c.chat(prompt, max_tokens=8, exclude_input_in_output=None) == prompt + whole
