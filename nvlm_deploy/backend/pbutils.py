@@ -69,3 +69,35 @@ def table_tensor(pb, name: str, table: np.ndarray, data_type: str):
 
         return pb.Tensor.from_dlpack(name, torch.from_numpy(np.ascontiguousarray(table)).to(target.torch_dtype()))
     return pb.Tensor(name, np.ascontiguousarray(table, dtype=target.numpy_dtype()))
+
+
+def is_decoupled(config: dict) -> bool:
+    """The model config's transaction policy (package --decoupled-mode)."""
+    return bool((config.get("model_transaction_policy") or {}).get("decoupled", False))
+
+
+class CollectedResponses:
+    """A response sender's stand-in for non-decoupled models: keeps what would be sent, so `execute` can
+    return one response per request (Triton's rule without a decoupled transaction policy)."""
+
+    def __init__(self):
+        self.responses: list = []
+
+    def send(self, response=None, flags: int = 0) -> None:
+        if response is not None:
+            self.responses.append(response)
+
+    def single(self, pb):
+        """The one response to return: an error if any was sent, else the tensors of every response
+        concatenated along the first axis (one row per answer)."""
+        for response in self.responses:
+            if response.has_error():
+                return response
+        if len(self.responses) == 1:
+            return self.responses[0]
+        merged: dict[str, list] = {}
+        for response in self.responses:
+            for tensor in response.output_tensors():
+                merged.setdefault(tensor.name(), []).append(tensor.as_numpy())
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(name, np.concatenate(arrays))
+                                                    for name, arrays in merged.items()])

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--force", action="store_true", help="replace an existing --out")
     io.add_argument("--allow-image-urls", action="store_true",
                     help="let preprocessing fetch http(s) image_url_input (off by default; data: URLs always work)")
+    io.add_argument("--decoupled-mode", choices=("true", "false"), default="true",
+                    help="true (default): streaming over the gRPC stream; false: unary requests (ModelInfer, "
+                         "Triton's HTTP infer) work and streaming is refused (Triton decides per model)")
     add_limit_arguments(parser, note="here for this repository only; gpu engines must cover them")
     gpu = parser.add_argument_group("gpu")
     gpu.add_argument("--kv-cache-free-gpu-mem-fraction", type=float, default=None,
@@ -29,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from nvlm_deploy.serve.package import PackageOptions, package_repository
 
     options = PackageOptions(limits=limit_choices(args), kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
-                             allow_remote_image_urls=args.allow_image_urls)
+                             allow_remote_image_urls=args.allow_image_urls,
+                             decoupled_mode=args.decoupled_mode == "true")
     print(f"packaging {args.runtime} repository {args.out} from {args.engines}")
     out = package_repository(args.engines, args.out, runtime=args.runtime, model_dir=args.model, options=options,
                              force=args.force)

@@ -158,6 +158,7 @@ class RepositoryManifest:
     models: list[str]
     # model -> config parameter -> path relative to the repository (absolute in config.pbtxt)
     paths: dict[str, dict[str, str]]
+    decoupled: bool = True  # package --decoupled-mode
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
 

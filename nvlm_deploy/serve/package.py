@@ -66,6 +66,9 @@ class PackageOptions:
     postprocessing_instance_count: int = 1
     bls_instance_count: int = 1
     allow_remote_image_urls: bool = False  # preprocessing fetches http(s) image_url_input (size/time-limited)
+    # decoupled (default): streaming through the gRPC stream; not decoupled: unary ModelInfer works (what
+    # tensorrtllm_backend clients use when not streaming) and streaming is refused. Triton decides per model.
+    decoupled_mode: bool = True
 
 
 def templates() -> Path:
@@ -144,6 +147,7 @@ def template_values(target: Target, runtime_name: str, out: Path, *, limits: Dep
         "postprocessing_instance_count": options.postprocessing_instance_count,
         "bls_instance_count": options.bls_instance_count,
         "allow_remote_image_urls": options.allow_remote_image_urls,
+        "decoupled_mode": options.decoupled_mode,
         **client_tensors.render_io(),
         **client_tensors.render_ensemble_maps(),
     }
@@ -215,7 +219,7 @@ def package_repository(engines: str | Path, out: str | Path, *, runtime: str, mo
             limits=limits.as_dict(), world_size=manifests["trtllm_checkpoint"].world_size,
             prompt_table_precision=table.name, kv_cache=kv_plan.as_dict() if kv_plan else {},
             engines_gpu=engines_gpu, tensorrt_llm=manifests["llm"].tensorrt_llm if "llm" in manifests else None,
-            models=list(MODELS),
+            models=list(MODELS), decoupled=options.decoupled_mode,
             paths={model: relative_paths(params, values, out.resolve())
                    for model, (_, _, params) in rendered.items() if params},
             tools=tool_versions("tritonclient")))

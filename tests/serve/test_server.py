@@ -238,3 +238,37 @@ def test_the_bls_echoes_the_users_text_as_upstream_does(server, reference):
         assert c.chat(prompt, max_tokens=8) == whole
         assert c.chat(prompt, max_tokens=8, exclude_input_in_output=False) == prompt + whole
         assert c.chat(prompt, max_tokens=8, exclude_input_in_output=None) == prompt + whole
+
+
+@pytest.fixture(scope="module")
+def unary_server(engines, tmp_path_factory):
+    """The same artifacts packaged with --decoupled-mode false: what tensorrtllm_backend's clients use
+    when they do not stream (unary ModelInfer)."""
+    from nvlm_deploy.serve.package import PackageOptions, package_repository
+    from nvlm_deploy.serve.server import start_server
+    from tests.serving import LIMITS
+
+    repo = package_repository(engines, tmp_path_factory.mktemp("unary") / "repo", runtime="cpu",
+                              options=PackageOptions(limits=LIMITS, decoupled_mode=False), log=lambda line: None)
+    srv = start_server(repo, timeout=600)
+    yield srv
+    srv.stop()
+
+
+def test_unary_requests_are_answered_by_a_non_decoupled_repository(unary_server, reference, images):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from nvlm_deploy.client.tensors import ChatRequest, infer_inputs
+
+    prompt = "What is in the picture?"
+    want = make_decode(reference.tokenizer)(reference_ids(reference, prompt, images[1:], 8))
+    assert want  # a non-empty answer to compare
+    client = grpcclient.InferenceServerClient(unary_server.grpc_url)
+    for model in ("tensorrt_llm_bls", "ensemble"):
+        request = ChatRequest(prompt, images=tuple(images[1:]), max_tokens=8)
+        result = client.infer(model, infer_inputs(grpcclient, request))  # unary ModelInfer
+        assert result.as_numpy("text_output").reshape(-1)[0].decode() == want, model
+    with pytest.raises(InferenceServerException, match="--decoupled-mode false"):
+        client.infer("tensorrt_llm_bls", infer_inputs(grpcclient, ChatRequest(prompt, max_tokens=4, stream=True)))
+    client.close()

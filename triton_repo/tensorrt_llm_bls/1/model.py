@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 from nvlm_deploy.backend import pbutils
+from nvlm_deploy.backend import request_inputs as rq
 from nvlm_deploy.contracts.client_tensors import (BATCH_INDEX, CUM_LOG_PROBS, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS,
                                                   OUTPUT_LOG_PROBS, SEQUENCE_INDEX, TEXT_OUTPUT)
 from nvlm_deploy.backend.bls import BlsHandler, make_decode, split_rows
@@ -33,18 +34,31 @@ class TritonPythonModel:
         assets = root / params["assets_dir"]
         self.handler = BlsHandler(make_decode(Tokenizer.load(assets)), preprocess=self._preprocess, encode=self._encode,
                                   generate=self._generate, unfinished=byte_level_unfinished(assets / "tokenizer.json"))
+        # package --decoupled-mode: this model and tensorrt_llm are packaged alike
+        self.decoupled = pbutils.is_decoupled(config)
 
     def execute(self, requests):
-        for request in requests:
-            threading.Thread(target=self._serve, args=(request,), daemon=True).start()
-        return None
+        if self.decoupled:
+            for request in requests:
+                threading.Thread(target=self._serve, args=(request, request.get_response_sender()), daemon=True).start()
+            return None
+        replies = [pbutils.CollectedResponses() for _ in requests]
+        threads = [threading.Thread(target=self._serve, args=(r, reply)) for r, reply in zip(requests, replies)]
+        for thread in threads:  # concurrently, so that the requests reach tensorrt_llm together
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [reply.single(pb_utils) for reply in replies]
 
-    def _serve(self, request):
+    def _serve(self, request, sender):
         """One request; a batch of B rows is B answers (each response says its batch_index), the last
         response of the last row to finish carries the final flag."""
-        sender = request.get_response_sender()
         try:
-            rows = split_rows(pbutils.request_inputs(pb_utils, request, self.names))
+            inputs = pbutils.request_inputs(pb_utils, request, self.names)
+            if not self.decoupled and rq.first(inputs.get("stream"), False):
+                raise RequestError("streaming needs a decoupled repository; this one was packaged with "
+                                   "--decoupled-mode false: send stream=false, or re-package.")
+            rows = split_rows(inputs)
         except RequestError as exc:
             sender.send(pbutils.error_response(pb_utils, str(exc)), flags=FINAL)
             return
@@ -105,7 +119,8 @@ class TritonPythonModel:
                 pb_utils.get_output_tensor_by_name(response, "prompt_vocab_size").as_numpy())
 
     def _generate(self, inputs):
-        for response in self._request("tensorrt_llm", inputs, LLM_OUTPUTS).exec(decoupled=True):
+        request = self._request("tensorrt_llm", inputs, LLM_OUTPUTS)
+        for response in (request.exec(decoupled=True) if self.decoupled else [request.exec()]):
             if response.has_error():
                 raise RequestError(response.error().message())
             outputs = pbutils.response_inputs(pb_utils, response, LLM_OUTPUTS)
