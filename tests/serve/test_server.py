@@ -226,18 +226,19 @@ def test_multibyte_characters_stream_whole_and_join_to_exactly_the_text(multibyt
     assert "".join(pieces) != text and "\ufffd" in "".join(pieces)
 
 
-def test_the_bls_echoes_the_users_text_as_upstream_does(server, reference):
+@pytest.mark.parametrize("model", ["tensorrt_llm_bls", "ensemble"])
+def test_both_entry_points_echo_the_users_text_as_upstream_does(server, reference, images, model):
     """exclude_input_in_output false, or unset (upstream's default): the user's text_input in front of a
-    non-streamed answer, not the chat-templated prompt. (The ensemble cannot: a step may not mix the
-    client's tensors with a decoupled model's outputs, so it echoes the prompt as the model sees it.)"""
+    non-streamed answer, not the chat-templated prompt with its image placeholders."""
     from nvlm_deploy.client import NvlmClient
 
     prompt = "Describe the image in detail."
-    whole = make_decode(reference.tokenizer)(reference_ids(reference, prompt, [], 8))
-    with NvlmClient(server.grpc_url) as c:
-        assert c.chat(prompt, max_tokens=8) == whole
-        assert c.chat(prompt, max_tokens=8, exclude_input_in_output=False) == prompt + whole
-        assert c.chat(prompt, max_tokens=8, exclude_input_in_output=None) == prompt + whole
+    with NvlmClient(server.grpc_url, model=model) as c:
+        for imgs in ([], images[1:]):
+            whole = make_decode(reference.tokenizer)(reference_ids(reference, prompt, imgs, 8))
+            assert c.chat(prompt, imgs, max_tokens=8) == whole
+            assert c.chat(prompt, imgs, max_tokens=8, exclude_input_in_output=False) == prompt + whole
+            assert c.chat(prompt, imgs, max_tokens=8, exclude_input_in_output=None) == prompt + whole
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """postprocessing: output ids -> text, each response decoded alone (as tensorrtllm_backend's).
 
 Streamed text decoded per response can split multi-byte characters; tensorrt_llm_bls streams exact text.
+An echoed prompt (exclude_input_in_output false) comes back as the user's text, as upstream's clients
+expect, not as the chat template the model saw (nvlm_deploy.backend.echo).
 """
 
 import numpy as np
@@ -8,20 +10,29 @@ import triton_python_backend_utils as pb_utils
 
 from nvlm_deploy.backend import pbutils
 from nvlm_deploy.backend.bls import make_decode
+from nvlm_deploy.backend.echo import split_echo
 from nvlm_deploy.preprocess.tokenizer import Tokenizer
 
 
 class TritonPythonModel:
     def initialize(self, args):
         _, params, root = pbutils.model_setup(args)
-        self.decode = make_decode(Tokenizer.load(root / params["assets_dir"]))
+        self.tokenizer = Tokenizer.load(root / params["assets_dir"])
+        self.decode = make_decode(self.tokenizer)
 
     def execute(self, requests):
         responses = []
         for request in requests:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [1, beam, n]
             lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [1, beam]
-            texts = [self.decode(row[:n].tolist()).encode("utf-8") for row, n in zip(tokens[0], lengths[0])]
+            texts = [self._text(row[:n].tolist()).encode("utf-8") for row, n in zip(tokens[0], lengths[0])]
             out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))  # [beam]: 1-D, as upstream's
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
+
+    def _text(self, ids):
+        echoed = split_echo(ids, self.tokenizer, self.decode)
+        if echoed is None:
+            return self.decode(ids)
+        user_text, answer = echoed
+        return user_text + self.decode(answer)
