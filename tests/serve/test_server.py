@@ -273,3 +273,25 @@ def test_unary_requests_are_answered_by_a_non_decoupled_repository(unary_server,
     with pytest.raises(InferenceServerException, match="--decoupled-mode false"):
         client.infer("tensorrt_llm_bls", infer_inputs(grpcclient, ChatRequest(prompt, max_tokens=4, stream=True)))
     client.close()
+
+
+def test_greedy_answers_are_identical_across_grpc_and_triton_http(server, reference, images):
+    """The same question about the same image through gRPC tensors (encoded file) and Triton's HTTP
+    generate extension (a data: URL in image_url_input); tests/openai checks the OpenAI API against the
+    same reference answer."""
+    import base64
+    import json
+    import urllib.request
+
+    prompt = "Describe the image in detail."
+    want = make_decode(reference.tokenizer)(reference_ids(reference, prompt, images[1:], 8))
+    with client(server) as c:
+        assert c.chat(prompt, images[1:], max_tokens=8) == want
+    url = "data:image/png;base64," + base64.b64encode(images[1]).decode()
+    body = json.dumps({"text_input": prompt, "image_url_input": url, "max_tokens": 8, "stream": True,
+                       "exclude_input_in_output": True}).encode()
+    request = urllib.request.Request(f"http://{server.host}:{server.http_port}/v2/models/tensorrt_llm_bls/generate_stream",
+                                     data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        events = [json.loads(line[5:]) for line in response.read().decode().splitlines() if line.startswith("data:")]
+    assert "".join(e["text_output"] for e in events) == want
