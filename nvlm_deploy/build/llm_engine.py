@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nvlm_deploy.contracts.limits import DeploymentLimits
+from nvlm_deploy.contracts.limits import MAX_BEAM_WIDTH, DeploymentLimits
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.trtllm.config import TrtllmConfig
 
@@ -63,7 +63,7 @@ def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: Deploym
             "--max_input_len", str(limits.max_input_len),
             "--max_seq_len", str(limits.max_seq_len),
             "--max_num_tokens", str(limits.max_num_tokens),
-            "--max_beam_width", "1",
+            "--max_beam_width", str(MAX_BEAM_WIDTH),
             "--max_prompt_embedding_table_size", str(limits.max_prompt_embedding_table_size),
             "--kv_cache_type", "paged",
             "--gpt_attention_plugin", "auto",

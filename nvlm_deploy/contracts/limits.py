@@ -25,6 +25,7 @@ DEFAULT_TEXT_TOKENS = 1024  # prompt tokens besides image tokens, when max_input
 DEFAULT_MAX_OUTPUT_LEN = 1024
 DEFAULT_MAX_BATCH_SIZE = 8
 TRTLLM_DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's BuildConfig default (TensorRT-LLM 1.2)
+MAX_BEAM_WIDTH = 1  # engines are built for one beam (trtllm-build --max_beam_width); the CPU runtime decodes one
 
 # The limits a user chooses (CLI flag = field name with dashes); everything else is derived.
 CHOICE_FIELDS = ("max_images", "max_tiles_before_thumbnail", "max_input_len", "max_output_len", "max_batch_size")

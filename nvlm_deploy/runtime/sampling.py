@@ -24,10 +24,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from nvlm_deploy.contracts.limits import MAX_BEAM_WIDTH
 from nvlm_deploy.errors import DeployError
 
 TOP_K_MAX = 1024  # kernels/samplingTopKKernels.h TOP_K_MAX; clampTopK clips larger k to it
-MAX_BEAM_WIDTH = 1  # the engine is built with trtllm-build --max_beam_width 1; the CPU runtime decodes one beam
 FLT_MIN = torch.finfo(torch.float32).min  # penaltyKernels.cu MASK_VAL (-FLT_MAX) and its clamp bounds
 FLT_MAX = torch.finfo(torch.float32).max
 

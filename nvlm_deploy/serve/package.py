@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nvlm_deploy.contracts import client_tensors
-from nvlm_deploy.contracts.limits import DeploymentLimits
+from nvlm_deploy.contracts.limits import MAX_BEAM_WIDTH, DeploymentLimits
 from nvlm_deploy.contracts.precision import COMPUTE, Precision, precision
 from nvlm_deploy.contracts.target import Target
 from nvlm_deploy.errors import DeployError
@@ -148,6 +148,7 @@ def template_values(target: Target, runtime_name: str, out: Path, *, limits: Dep
         "bls_instance_count": options.bls_instance_count,
         "allow_remote_image_urls": options.allow_remote_image_urls,
         "decoupled_mode": options.decoupled_mode,
+        "max_beam_width": MAX_BEAM_WIDTH,
         **client_tensors.render_io(),
         **client_tensors.render_ensemble_maps(),
     }
