@@ -135,16 +135,12 @@ def url_images(array: np.ndarray | None, *, allow_remote: bool, max_bytes: int, 
 
 
 def _data_url(url: str) -> bytes:
-    import base64
-    import binascii
+    from nvlm_deploy.preprocess.image import data_url_bytes
 
-    header, sep, payload = url.partition(",")
-    if not sep or ";base64" not in header:
-        raise RequestError("an image data: URL must be base64: data:image/png;base64,<data>.")
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RequestError(f"the image data: URL is not valid base64 ({exc}).") from None
+        return data_url_bytes(url)
+    except DeployError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def _fetch(url: str, *, max_bytes: int, timeout_s: float) -> bytes:

@@ -7,63 +7,17 @@ parallelism. `gpu_blocker` says why a target's engines cannot be built here.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nvlm_deploy.build.gpu import SmiGpu, parse_gpus, query_nvidia_smi  # noqa: F401  (this module's inputs)
 from nvlm_deploy.errors import DeployError
 
 if TYPE_CHECKING:
     from nvlm_deploy.build.targets import TargetSpec
     from nvlm_deploy.config import LlmConfig
 
-QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"]
-NO_DEVICES = "No devices were found"  # what nvidia-smi prints (exit 6) on a machine without GPUs
 EXPLICIT = "name targets explicitly instead, e.g. --target cpu-bf16 or --target h100-sxm-bf16-tp2"
-
-
-@dataclass(frozen=True)
-class SmiGpu:
-    """One line of QUERY's output."""
-
-    name: str  # e.g. "NVIDIA H100 80GB HBM3"
-    compute_capability: str  # e.g. "9.0"
-    memory_gib: float  # memory.total (MiB) / 1024
-
-
-def query_nvidia_smi() -> str:
-    """QUERY's output; "" when nvidia-smi is missing or finds no GPU."""
-    if not shutil.which(QUERY[0]):
-        return ""
-    try:
-        result = subprocess.run(QUERY, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DeployError(f"`{' '.join(QUERY)}` did not run ({exc}); {EXPLICIT}.") from None
-    if NO_DEVICES in result.stdout + result.stderr:
-        return ""
-    if result.returncode != 0:
-        raise DeployError(f"`{' '.join(QUERY)}` failed (exit {result.returncode}): "
-                          f"{(result.stderr or result.stdout).strip()}; {EXPLICIT}.")
-    return result.stdout
-
-
-def parse_gpus(text: str) -> list[SmiGpu]:
-    """QUERY's CSV lines -> one SmiGpu per GPU; a line of another shape is an error naming it."""
-    gpus = []
-    for line in text.splitlines():
-        if not line.strip() or NO_DEVICES in line:
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        try:
-            name, cc, mib = parts
-            float(cc)
-            gpus.append(SmiGpu(name=name, compute_capability=cc, memory_gib=round(float(mib) / 1024, 1)))
-        except ValueError:
-            raise DeployError(f"cannot read nvidia-smi's line {line!r} (expected `name, compute_cap, memory.total "
-                              f"in MiB`, from `{' '.join(QUERY)}`); {EXPLICIT}.") from None
-    return gpus
 
 
 def auto_targets(gpus: list[SmiGpu], llm: "LlmConfig") -> list["TargetSpec"]:

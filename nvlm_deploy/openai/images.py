@@ -9,8 +9,6 @@ client make this server open URLs.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,20 +27,14 @@ class ImagePolicy:
 
 
 def decode_data_url(url: str, *, param: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """The bytes of `data:image/...;base64,...`."""
-    header, sep, payload = url.partition(",")
-    media, *flags = header.removeprefix("data:").split(";")
-    if not sep or "base64" not in flags:
-        raise OpenAIError(f"{param}: a data: URL must be base64, like data:image/png;base64,iVBOR...", param=param)
-    if media and not media.startswith("image/"):
-        raise OpenAIError(f"{param}: the data: URL's media type is {media!r}; send an image (image/png, image/jpeg, ...).",
-                          param=param)
-    if len(payload) * 3 // 4 > max_bytes:
-        raise OpenAIError(f"{param}: the image is larger than this server's limit of {max_bytes} bytes.", param=param)
+    """The bytes of `data:image/...;base64,...` (preprocess.image.data_url_bytes), errors OpenAI-shaped."""
+    from nvlm_deploy.errors import DeployError
+    from nvlm_deploy.preprocess.image import data_url_bytes
+
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise OpenAIError(f"{param}: the data: URL is not valid base64 ({exc}).", param=param) from None
+        return data_url_bytes(url, max_bytes=max_bytes)
+    except DeployError as exc:
+        raise OpenAIError(f"{param}: {exc}", param=param) from None
 
 
 def check_image(data: bytes, *, param: str) -> bytes:

@@ -106,3 +106,27 @@ def _reason(exc: BaseException) -> str:
     if "cannot identify image file" in text:  # Pillow's text names a BytesIO object; not useful
         return "unknown or invalid image format"
     return text or type(exc).__name__
+
+
+def data_url_bytes(url: str, *, max_bytes: int | None = None) -> bytes:
+    """The image file in a base64 `data:` URL (`data:image/png;base64,...`); DeployError naming what is wrong.
+
+    Args:
+        url: the URL.
+        max_bytes: refuse a larger image (checked before decoding); None: no limit.
+    """
+    import base64
+    import binascii
+
+    header, sep, payload = url.partition(",")
+    media, *flags = header.removeprefix("data:").split(";")
+    if not sep or "base64" not in flags:
+        raise DeployError("an image data: URL must be base64, like data:image/png;base64,iVBOR...")
+    if media and not media.startswith("image/"):
+        raise DeployError(f"the data: URL's media type is {media!r}; send an image (image/png, image/jpeg, ...).")
+    if max_bytes is not None and len(payload) * 3 // 4 > max_bytes:
+        raise DeployError(f"the image is larger than the limit of {max_bytes} bytes.")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DeployError(f"the data: URL is not valid base64 ({exc}).") from None

@@ -167,6 +167,17 @@ def render_repository(values: dict, *, runtime: str) -> dict[str, tuple[str, obj
     return rendered
 
 
+def check_backend_config(config, *, source) -> None:
+    """Refuse a GPU tensorrt_llm config the 1.2 backend would not load or that differs from upstream's
+    tensors (facts in serve/upstream/tensorrtllm_backend_1.2.json)."""
+    from nvlm_deploy.serve.upstream import io_mismatches, missing_required_parameters
+
+    problems = [f"parameter {name} is missing (the backend reads it without a fallback)"
+                for name in missing_required_parameters(config)] + io_mismatches(config)
+    if problems:
+        raise DeployError(f"{source} is out of date with tensorrtllm_backend 1.2:\n  - " + "\n  - ".join(problems))
+
+
 def package_repository(engines: str | Path, out: str | Path, *, runtime: str, model_dir: str | Path | None = None,
                        options: PackageOptions | None = None, force: bool = False,
                        log: Callable[[str], None] = print) -> Path:
@@ -199,6 +210,8 @@ def package_repository(engines: str | Path, out: str | Path, *, runtime: str, mo
     values = template_values(target, runtime, out, limits=limits, table=table, config=config, kv_plan=kv_plan,
                              options=options)
     rendered = render_repository(values, runtime=runtime)  # every config parses before anything is written
+    if runtime == "gpu":
+        check_backend_config(rendered["tensorrt_llm"][1], source=template_path("tensorrt_llm", runtime))
     with atomic_output_dir(out, force=force) as tmp:
         for model, (text, model_config, _) in rendered.items():
             (tmp / model).mkdir()

@@ -130,20 +130,31 @@ def test_gpu_prompt_table_type_is_the_decoder_checkpoints(gpu_engines, tmp_path,
         == triton
 
 
-def test_gpu_config_holds_every_parameter_the_backend_reads_without_a_fallback(gpu_engines, tmp_path):
-    from nvlm_deploy.serve.upstream import TENSORRTLLM_BACKEND
+def test_gpu_config_holds_every_parameter_the_backend_reads_without_a_fallback(gpu_engines, tmp_path, monkeypatch):
+    from nvlm_deploy.serve.upstream import TENSORRTLLM_BACKEND, io_mismatches
 
     repo = pkg.package_repository(gpu_engines, tmp_path / "repo", runtime="gpu", log=lambda line: None)
-    params = configs(repo)["tensorrt_llm"].parameters
+    config = configs(repo)["tensorrt_llm"]
     required = TENSORRTLLM_BACKEND["required_parameters"]
     assert {"gpt_model_type", "tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend"} <= set(required)
-    assert set(required) <= set(params), sorted(set(required) - set(params))
-    assert params["gpt_model_type"].string_value == "inflight_fused_batching"
-    assert params["guided_decoding_backend"].string_value == ""  # "" = not set (guided decoding off)
-    # a template without one of them is caught by this test's own check
-    text = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
-    stripped = "\n".join(line for line in text.splitlines() if '"tokenizer_dir"' not in line)
-    assert "tokenizer_dir" not in parse_model_config(stripped).parameters
+    assert set(required) <= set(config.parameters), sorted(set(required) - set(config.parameters))
+    assert config.parameters["gpt_model_type"].string_value == "inflight_fused_batching"
+    assert config.parameters["guided_decoding_backend"].string_value == ""  # "" = not set (guided decoding off)
+    assert io_mismatches(config) == []  # every tensor as upstream's tensorrt_llm model declares it
+    # a template that drops one of them, or changes a tensor, is refused and nothing is written
+    templates = tmp_path / "templates"
+    shutil.copytree(pkg.templates(), templates)
+    monkeypatch.setattr(pkg, "templates", lambda: templates)
+    path = templates / "tensorrt_llm" / "config.pbtxt.gpu.template"
+    original = path.read_text()
+    path.write_text("\n".join(line for line in original.splitlines() if '"tokenizer_dir"' not in line))
+    with pytest.raises(DeployError, match="parameter tokenizer_dir is missing"):
+        pkg.package_repository(gpu_engines, tmp_path / "r2", runtime="gpu", log=lambda line: None)
+    path.write_text(original.replace('name: "stop_words_list" data_type: TYPE_INT32 dims: [ 2, -1 ]',
+                                     'name: "stop_words_list" data_type: TYPE_INT32 dims: [ -1 ]'))
+    with pytest.raises(DeployError, match=r"stop_words_list: dims \[-1\] \(upstream \[2, -1\]\)"):
+        pkg.package_repository(gpu_engines, tmp_path / "r2", runtime="gpu", log=lambda line: None)
+    assert not (tmp_path / "r2").exists()
 
 
 def test_moved_gpu_repository_resolves_every_path_from_any_working_directory(gpu_engines, tmp_path, monkeypatch):
