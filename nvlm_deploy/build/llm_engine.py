@@ -44,8 +44,34 @@ def read_checkpoint(checkpoint_dir: Path) -> TrtllmConfig:
     return config
 
 
+# Flags each quantized checkpoint gets, keyed by its config.json `quant_algo` (null: unquantized).
+# trtllm-build reads the quantization from the checkpoint itself; these make the plugin choices
+# explicit and match what TensorRT-LLM 1.2 would otherwise force with a warning. Sources
+# (NVIDIA/TensorRT-LLM, read at commit 008b2b8d): tensorrt_llm/builder.py `build()` turns
+# use_fp8_context_fmha off unless quant_algo is FP8 / W4A8_AWQ / NVFP4, turns it on with an FP8 KV
+# cache and paged context FMHA, and sets weight_only_groupwise_quant_matmul_plugin to the model
+# dtype for per-group weight-only checkpoints (W4A16_AWQ) by itself; tensorrt_llm/commands/build.py
+# `main()` forces use_fused_mlp off for every quant_algo but FP8 (examples/quantization README: "do
+# not use --use_fused_mlp=enable" with AWQ). docs/quantization-formats.md has the notes.
+RECIPE_FLAGS: dict[str | None, tuple[str, ...]] = {
+    None: (),
+    "FP8": ("--use_fp8_context_fmha", "enable"),
+    "W4A16_AWQ": ("--use_fp8_context_fmha", "disable", "--use_fused_mlp", "disable"),
+}
+
+
+def recipe_flags(quantization) -> list[str]:
+    """trtllm-build flags for a checkpoint's `QuantConfig`; an unknown quant_algo is refused."""
+    algo = None if quantization is None else quantization.quant_algo
+    if algo not in RECIPE_FLAGS:
+        raise DeployError(f"checkpoint quant_algo {algo!r} has no build recipe here; known: "
+                          f"{[a for a in RECIPE_FLAGS if a]} (or null).")
+    return list(RECIPE_FLAGS[algo])
+
+
 def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: DeploymentLimits, *, workers: int,
-                         executable: list[str] | None = None, extra: list[str] = ()) -> list[str]:
+                         executable: list[str] | None = None, extra: list[str] = (),
+                         quantization=None) -> list[str]:
     """The exact `trtllm-build` argument list.
 
     Args:
@@ -55,7 +81,12 @@ def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: Deploym
         workers: parallel build workers (one per rank).
         executable: the command that starts trtllm-build (default ["trtllm-build"]).
         extra: further flags passed through unchanged.
+        quantization: the checkpoint's QuantConfig; None reads it from checkpoint_dir/config.json when there.
     """
+    from nvlm_deploy.trtllm.config import CONFIG_FILE
+
+    if quantization is None and (Path(checkpoint_dir) / CONFIG_FILE).is_file():
+        quantization = TrtllmConfig.from_json(Path(checkpoint_dir) / CONFIG_FILE).quantization
     return [*(executable or ["trtllm-build"]),
             "--checkpoint_dir", str(checkpoint_dir),
             "--output_dir", str(output_dir),
@@ -72,6 +103,7 @@ def trtllm_build_command(checkpoint_dir: Path, output_dir: Path, limits: Deploym
             "--remove_input_padding", "enable",
             "--use_paged_context_fmha", "enable",
             "--workers", str(workers),
+            *recipe_flags(quantization),
             *extra]
 
 

@@ -2,10 +2,12 @@
 
 A name says where the engines run (a GPU of `nvlm_deploy.plan.gpus`, or the CPU runtime), the
 recipe and the parallelism. GPU recipes are `nvlm_deploy.plan.recipes`' (bf16, fp16, fp8,
-int4_awq; the quantized ones wait for nvlm_deploy.quant); a CPU target's recipe is a precision
-(fp32, fp16, bf16), the dtype its ONNX graph and checkpoint store. The name is only the target
-directory's name: every setting it carries is also written into the target's manifest.json.
-The registries are imported when a name is parsed, never at import or `--help`.
+int4_awq); a CPU target's recipe is a precision (fp32, fp16, bf16: the dtype its ONNX graph and
+checkpoint store) or a quantization recipe of `nvlm_deploy.quant.recipes` (fp8, int4_awq: the
+decoder quantized as for a GPU, executed by the CPU runtime from its stored form). A quantized
+recipe's `trtllm_checkpoint` stage is `nvlm-deploy quantize` instead of `convert llm`. The name is
+only the target directory's name: every setting it carries is also written into the target's
+manifest.json. The registries are imported when a name is parsed, never at import or `--help`.
 """
 
 from __future__ import annotations
@@ -50,10 +52,15 @@ class TargetSpec:
 
     @property
     def precision(self) -> str:
-        """contracts.precision name of the vision graph and the decoder checkpoint."""
-        if self.gpu is None:
+        """contracts.precision name of the vision graph and the decoder checkpoint's unquantized tensors."""
+        if self.recipe in PRECISION_CHOICES:
             return self.recipe
         return recipe_registry().recipe(self.recipe).dtype or DEFAULT_PRECISION
+
+    @property
+    def quantized(self) -> bool:
+        """The decoder is quantized (`nvlm_deploy.quant` recipe): its checkpoint comes from `quantize`."""
+        return self.recipe in quantization_recipes()
 
     @property
     def world_size(self) -> int:
@@ -63,8 +70,8 @@ class TargetSpec:
 def parse_target(name: str) -> TargetSpec:
     """The spec of a target name, its GPU looked up in the registry and its recipe checked.
 
-    Refused with a DeployError: names of another shape, GPUs the registry lacks, recipes the GPU does
-    not run, and quantization recipes (not implemented yet).
+    Refused with a DeployError: names of another shape, GPUs the registry lacks, and recipes the GPU
+    (or the CPU runtime) does not run.
     """
     cpu, gpu = _CPU_NAME.match(name), _GPU_NAME.match(name)
     match = cpu or gpu
@@ -80,18 +87,22 @@ def parse_target(name: str) -> TargetSpec:
     return spec
 
 
+def quantization_recipes() -> tuple[str, ...]:
+    """The planner's recipes that quantize the decoder (fp8, int4_awq): built by `nvlm-deploy quantize`."""
+    return tuple(r.name for r in recipe_registry().RECIPES.values() if r.quant_algo is not None)
+
+
 def available_recipes(runtime: str) -> tuple[str, ...]:
-    """Recipes a target of `runtime` ("gpu" | "cpu") can be built with today."""
+    """Recipes a target of `runtime` ("gpu" | "cpu") can be built with."""
     if runtime == "cpu":
-        return PRECISION_CHOICES
-    return tuple(r.name for r in recipe_registry().RECIPES.values() if r.quant_algo is None)
+        return (*PRECISION_CHOICES, *quantization_recipes())
+    return tuple(recipe_registry().RECIPES)
 
 
 def check_recipe(spec: TargetSpec) -> None:
-    """The recipe exists, the GPU runs it (registry) and it needs no quantization (not implemented yet)."""
-    recipes = recipe_registry().RECIPES
-    known = PRECISION_CHOICES if spec.gpu is None else tuple(recipes)
-    if spec.recipe not in known and spec.recipe not in recipes:
+    """The recipe exists and the GPU runs it (registry); the CPU runtime runs precisions and quantized recipes."""
+    known = available_recipes(spec.runtime)
+    if spec.recipe not in known:
         cpu = spec.recipe in PRECISION_CHOICES
         hint = f" ({spec.recipe} is a CPU runtime precision: cpu-{spec.recipe})" if cpu else ""
         raise DeployError(f"target {spec.name!r}: recipe {spec.recipe!r} is not one of {list(known)}{hint}.")
@@ -100,25 +111,32 @@ def check_recipe(spec: TargetSpec) -> None:
         if spec.recipe not in gpu.recipes:
             raise DeployError(f"target {spec.name!r}: {gpu.name} does not run {spec.recipe} "
                               f"(its recipes: {', '.join(gpu.recipes)}).")
-    available = available_recipes(spec.runtime)
-    if spec.recipe not in available:
-        example = TargetSpec(gpu=spec.gpu, recipe=DEFAULT_PRECISION, tp=spec.tp, pp=spec.pp).name
-        raise DeployError(f"target {spec.name!r} asks for {spec.recipe}: quantization is not available yet "
-                          f"(nvlm_deploy.quant has no fp8 or int4_awq calibration). Recipes available now for "
-                          f"{'the CPU runtime' if spec.gpu is None else 'GPUs'}: {', '.join(available)}, "
-                          f"e.g. --target {example}.")
 
 
 def check_parallelism(spec: TargetSpec, llm: "LlmConfig") -> None:
-    """The decoder splits into the target's tp x pp (before any stage runs)."""
+    """The decoder splits into the target's tp x pp, and a quantized recipe's settings fit it (before any
+    stage runs)."""
     from nvlm_deploy.trtllm import splits
 
     try:
+        if spec.quantized:
+            from nvlm_deploy.quant.quantize import check_options
+
+            check_options(llm, quantize_options(spec))  # int4: the MLP is padded for tp, not refused
+            return
         splits.check_tp(num_heads=llm.num_attention_heads, num_kv_heads=llm.num_key_value_heads, tp=spec.tp,
                         intermediate_size=llm.intermediate_size)
         splits.check_pp(num_layers=llm.num_hidden_layers, pp=spec.pp)
     except DeployError as exc:
         raise DeployError(f"target {spec.name!r}: {exc}") from None
+
+
+def quantize_options(spec: TargetSpec):
+    """`quant.quantize.QuantizeOptions` of a quantized target: its recipe, tp, pp and precision; the rest
+    `nvlm-deploy quantize`'s defaults (demo calibration set, group size 128, model-dtype KV cache)."""
+    from nvlm_deploy.quant.quantize import QuantizeOptions
+
+    return QuantizeOptions(recipe=spec.recipe, tp=spec.tp, pp=spec.pp, dtype=spec.precision)
 
 
 def gpu_registry():
@@ -154,7 +172,7 @@ def auto_tp(count: int, llm: "LlmConfig") -> int:
 
 
 def default_recipe(recipes) -> str:
-    """bf16 (NVLM-D's dtype) when the GPU runs it, else its first recipe available now."""
+    """bf16 (NVLM-D's dtype) when the GPU runs it, else its first recipe."""
     usable = [r for r in recipes if r in available_recipes("gpu")]
     if not usable:
         raise DeployError(f"none of the GPU's recipes ({', '.join(recipes)}) is available yet "

@@ -28,6 +28,10 @@ class CheckpointIndex:
         self.root = root
         self.weight_map = weight_map
         self._handles: dict[str, object] = {}
+        # A modelopt unified HF checkpoint (`nvlm-deploy quantize --hf-out`): its quantized decoder
+        # weights read as float32 (`quant.hf_format.dequantize_tensor`) and its scale tensors are hidden.
+        self.quant_algo: str | None = None
+        self.group_size = 128
 
     @staticmethod
     def exists(model_dir: str | Path) -> bool:
@@ -49,12 +53,12 @@ class CheckpointIndex:
             if missing:
                 raise DeployError(f"{index_path} names shard(s) that do not exist: {missing}. "
                                   "Copy the complete checkpoint (every shard listed in the index).")
-            return cls(root, weight_map)
+            return cls(root, weight_map)._read_quantization()
         single = root / SINGLE_NAME
         if single.is_file():
             index = cls(root, {})
             index.weight_map = {name: SINGLE_NAME for name in index._handle(SINGLE_NAME).keys()}
-            return index
+            return index._read_quantization()
         raise DeployError(f"{root} holds no {INDEX_NAME} or {SINGLE_NAME}: "
                           "point --model at a HF checkpoint directory with safetensors weights.")
 
@@ -70,7 +74,19 @@ class CheckpointIndex:
                                   "Re-download or re-copy this shard.") from None
         return self._handles[shard]
 
+    def _read_quantization(self) -> "CheckpointIndex":
+        from nvlm_deploy.quant.hf_format import group_size_of, quant_algo_of
+
+        self.quant_algo = quant_algo_of(self.root)
+        if self.quant_algo == "W4A16_AWQ":
+            self.group_size = group_size_of(self.root)
+        return self
+
     def names(self, prefix: str = "") -> list[str]:
+        if self.quant_algo is not None:
+            from nvlm_deploy.quant.hf_format import is_scale
+
+            return sorted(n for n in self.weight_map if n.startswith(prefix) and not is_scale(n))
         return sorted(n for n in self.weight_map if n.startswith(prefix))
 
     def __contains__(self, name: str) -> bool:
@@ -93,8 +109,15 @@ class CheckpointIndex:
         return self._checked_handle(name).get_slice(name).get_dtype()
 
     def get(self, name: str) -> "torch.Tensor":
-        """One tensor, memory-mapped, in its stored dtype."""
-        return self._checked_handle(name).get_tensor(name)
+        """One tensor, memory-mapped, in its stored dtype (a quantized weight: dequantized, float32)."""
+        tensor = self._checked_handle(name).get_tensor(name)
+        if self.quant_algo is None or not name.endswith(".weight"):
+            return tensor
+        from nvlm_deploy.quant.hf_format import dequantize_tensor
+
+        module = name[: -len("weight")]
+        return dequantize_tensor(name, tensor, lambda suffix: self.get(module + suffix) if module + suffix in self else None,
+                                 quant_algo=self.quant_algo, group_size=self.group_size)
 
     def tensors(self, names: Iterable[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
         for name in names:

@@ -40,8 +40,13 @@ class TargetBuild:
         return (*runtime_stages(self.spec.runtime), REPOSITORY)
 
     def manifest(self, stage: str):
-        """The stage's manifest as written, without the target-level checks of Target.manifest."""
-        return read_manifest(self.target.dir(stage), STAGES[stage].manifest, writer=STAGES[stage].command)
+        """The stage's manifest as written, without the target-level checks of Target.manifest; a stage whose
+        files no longer match its manifest (sizes) is unusable, so it is rebuilt rather than reused."""
+        from nvlm_deploy.contracts.manifest import verify_manifest_files
+
+        manifest = read_manifest(self.target.dir(stage), STAGES[stage].manifest, writer=STAGES[stage].command)
+        verify_manifest_files(self.target.dir(stage), manifest, writer=STAGES[stage].command)
+        return manifest
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,9 @@ def onnx_changes(build: TargetBuild) -> list[str]:
 
 def checkpoint_changes(build: TargetBuild) -> list[str]:
     m, spec = build.manifest("trtllm_checkpoint"), build.spec
+    quantized = (m.quantization or {}).get("recipe")  # None: converted, not quantized
     return [*hash_changes(m.input_hashes, build.input_hashes), *differs("precision", m.precision, spec.precision),
+            *differs("quantization", quantized or "none", spec.recipe if spec.quantized else "none"),
             *differs("tp", m.tp, spec.tp), *differs("pp", m.pp, spec.pp), *tool_changes(m.tools)]
 
 
@@ -174,8 +181,14 @@ def _export(build: TargetBuild):
 
 
 def _convert(build: TargetBuild):
+    """`convert llm`, or for a quantized recipe `quantize` (calibrated on the demo task set)."""
     from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
 
+    if build.spec.quantized:
+        from nvlm_deploy.build.targets import quantize_options
+        from nvlm_deploy.quant.quantize import quantize_checkpoint
+
+        return quantize_checkpoint(build.model_dir, build.target.root, quantize_options(build.spec), force=True)
     return convert_llm_checkpoint(build.model_dir, build.target.root, tp=build.spec.tp, pp=build.spec.pp,
                                   dtype=build.spec.precision, force=True)
 

@@ -4,8 +4,10 @@ Semantics follow the engine: ids >= vocab_size read rows (id - vocab_size) of th
 prompt table; each step's token is chosen with TensorRT-LLM's decoding layers
 (`runtime.sampling`: penalties, min_tokens, bad words, greedy or top-k/top-p); generation stops at
 end_id (not returned), after a stop word (returned, as TensorRT-LLM keeps it) or after
-max_new_tokens. Several requests run together: each prompt is prefilled alone, then all active
-requests decode one token per step against a shared, length-masked KV cache.
+max_new_tokens. Several requests run together (`InflightBatch`): each holds one slot of a
+preallocated KV cache, its prompt is prefilled alone into that slot, then every active request
+decodes one token per step; requests may join between steps and a finished one frees its slot
+without moving anyone else's cache (in-flight batching, as the engine's batch manager).
 
 Weights use TensorRT-LLM names: `mlp.fc` is gate_proj (through SiLU), `mlp.gate` is up_proj.
 """
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from nvlm_deploy.errors import DeployError
+from nvlm_deploy.quant import emulate  # quantized checkpoints: FP8 input / KV-cache quantization with stored scales
 from nvlm_deploy.runtime.sampling import RequestSampler, SamplingParams, ends_with_any, word_list
 from nvlm_deploy.trtllm import names
 from nvlm_deploy.trtllm.config import TrtllmConfig
@@ -149,12 +152,13 @@ class TrtllmCheckpointRuntime:
         c = self.config
         heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
         b, n, _ = x.shape
-        qkv = torch.nn.functional.linear(x, self.w[names.layer_tensor(i, names.QKV_WEIGHT)],
-                                         self.w.get(names.layer_tensor(i, names.QKV_BIAS)))
+        qkv = emulate.linear(x, self.w, names.layer_tensor(i, names.QKV_WEIGHT),
+                             self.w.get(names.layer_tensor(i, names.QKV_BIAS)))
         q, k, v = qkv.split([heads * c.head_size, kv_heads * c.head_size, kv_heads * c.head_size], dim=-1)
         q = self.rope(q.view(b, n, heads, c.head_size).transpose(1, 2), positions)  # [B, H, L, D]
         k = self.rope(k.view(b, n, kv_heads, c.head_size).transpose(1, 2), positions)
         v = v.view(b, n, kv_heads, c.head_size).transpose(1, 2)
+        k, v = emulate.kv_fake_quant(self.w, i, k, v)  # what an FP8 KV cache holds (unchanged otherwise)
         keys, values = cache[i]
         rows = torch.arange(b)[:, None]
         keys[rows, :, positions] = k.transpose(1, 2)  # [B, L, Hkv, D] into [B, Hkv, Lmax, D]
@@ -166,12 +170,12 @@ class TrtllmCheckpointRuntime:
         scores = scores.masked_fill(~visible[:, None], float("-inf"))
         out = torch.softmax(scores, dim=-1).to(x.dtype) @ vv  # [B, H, L, D]
         out = out.transpose(1, 2).reshape(b, n, heads * c.head_size)
-        return torch.nn.functional.linear(out, self.w[names.layer_tensor(i, names.DENSE)])
+        return emulate.linear(out, self.w, names.layer_tensor(i, names.DENSE))
 
     def _mlp(self, x, i):
-        w = {suffix: self.w[names.layer_tensor(i, suffix)] for suffix in (names.MLP_FC, names.MLP_GATE, names.MLP_PROJ)}
-        act = torch.nn.functional.silu(torch.nn.functional.linear(x, w[names.MLP_FC]))  # fc = gate_proj
-        return torch.nn.functional.linear(act * torch.nn.functional.linear(x, w[names.MLP_GATE]), w[names.MLP_PROJ])
+        fc, gate, proj = (names.layer_tensor(i, s) for s in (names.MLP_FC, names.MLP_GATE, names.MLP_PROJ))
+        act = torch.nn.functional.silu(emulate.linear(x, self.w, fc))  # fc = gate_proj
+        return emulate.linear(act * emulate.linear(x, self.w, gate), self.w, proj)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Embeddings [B, L, hidden] at positions [B, L] -> last-position logits [B, vocab] (float32)."""
@@ -191,30 +195,38 @@ class TrtllmCheckpointRuntime:
 
     # ---- generation ----
 
-    def _check(self, k: int, req: GenerationRequest) -> tuple[torch.Tensor | None, SamplingParams]:
+    def check(self, req: GenerationRequest) -> tuple[torch.Tensor | None, SamplingParams]:
+        """(prompt table as a tensor, sampling parameters) of a request the engine would accept; else DeployError."""
         if not req.input_ids:
-            raise DeployError(f"request {k}: input_ids is empty.")
+            raise DeployError("input_ids is empty.")
         if req.max_new_tokens < 1:
-            raise DeployError(f"request {k}: max_new_tokens must be at least 1, got {req.max_new_tokens}.")
+            raise DeployError(f"max_new_tokens must be at least 1, got {req.max_new_tokens}.")
         if min(req.input_ids) < 0:
-            raise DeployError(f"request {k}: input_ids has a negative id.")
+            raise DeployError("input_ids has a negative id.")
+        for name in ("end_id", "pad_id"):  # TensorRT-LLM reads them as token ids: in [0, vocab_size)
+            value = getattr(req, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise DeployError(f"{name} {value} is outside the vocabulary [0, {self.vocab_size}): send a token id "
+                                  f"of the tokenizer (e.g. its end-of-turn id) or -1 for none.")
         slots = [i - self.vocab_size for i in req.input_ids if i >= self.vocab_size]
         table = None if req.prompt_table is None else torch.as_tensor(np.asarray(req.prompt_table))
         if slots and table is None:
-            raise DeployError(f"request {k}: the prompt has image slots (ids >= vocab_size {self.vocab_size}) "
-                              "but no prompt_table.")
+            raise DeployError(f"the prompt has image slots (ids >= vocab_size {self.vocab_size}) but no prompt_table.")
         if table is not None and (table.ndim != 2 or table.shape[1] != self.hidden_size):
-            raise DeployError(f"request {k}: prompt_table has shape {tuple(table.shape)}; "
+            raise DeployError(f"prompt_table has shape {tuple(table.shape)}; "
                               f"expected [num_image_tokens, {self.hidden_size}].")
         if slots and max(slots) >= table.shape[0]:
-            raise DeployError(f"request {k}: image slot {max(slots)} is past the {table.shape[0]} rows of "
+            raise DeployError(f"image slot {max(slots)} is past the {table.shape[0]} rows of "
                               "prompt_table: the prompt and the images do not match.")
+        params = req.sampling()
+        word_list("stop_words", req.stop_words)
+        return table, params
+
+    def _check(self, k: int, req: GenerationRequest) -> tuple[torch.Tensor | None, SamplingParams]:
         try:
-            params = req.sampling()
-            word_list("stop_words", req.stop_words)
+            return self.check(req)
         except DeployError as exc:
             raise DeployError(f"request {k}: {exc}") from None
-        return table, params
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], *,
@@ -234,6 +246,9 @@ class TrtllmCheckpointRuntime:
                          normalize_log_probs: bool = False) -> list[GenerationResult]:
         """One GenerationResult per request: tokens, finish reason and (if asked) log-probabilities.
 
+        Every request is checked before any runs; then all are admitted to one `InflightBatch` and
+        stepped until the last finishes.
+
         Args:
             requests: the batch.
             on_token: streaming callback on_token(request_index, token_id, log_prob), once per returned
@@ -245,69 +260,157 @@ class TrtllmCheckpointRuntime:
         """
         if not requests:
             return []
-        checked = [self._check(k, r) for k, r in enumerate(requests)]
-        runs = [_Run(req, params, vocab_size=self.vocab_size, normalize=normalize_log_probs)
-                for req, (_, params) in zip(requests, checked)]
-        b = len(requests)
-        max_len = max(len(r.input_ids) + r.max_new_tokens for r in requests)
-        cache = self.new_cache(b, max_len)
-        lengths = torch.zeros(b, dtype=torch.long)
-        active, last = [], torch.zeros(b, dtype=torch.long)
-        for k, req in enumerate(requests):  # prefill each prompt alone (lengths differ)
-            ids = torch.tensor([req.input_ids])
-            view = [(keys[k:k + 1], values[k:k + 1]) for keys, values in cache]
-            logits = self.forward(self.embed(ids, checked[k][0]).to(self.dtype), torch.arange(ids.shape[1])[None], view)
-            lengths[k] = ids.shape[1]
-            if runs[k].step(logits[0], k, on_token):
-                active.append(k)
-                last[k] = runs[k].result.tokens[-1]
-        while active:
-            idx = torch.tensor(active)
-            subset = len(active) < b  # finished requests drop out of the step; their rows are copied
-            view = [(keys[idx], values[idx]) for keys, values in cache] if subset else cache
-            h = self.embed(last[idx][:, None], None).to(self.dtype)
-            logits = self.forward(h, lengths[idx][:, None], view)
-            if subset:  # advanced indexing copied the rows: write them back
-                for (keys, values), (vk, vv) in zip(cache, view):
-                    keys[idx], values[idx] = vk, vv
-            lengths[idx] += 1
-            still = []
-            for row, k in enumerate(active):
-                if runs[k].step(logits[row], k, on_token):
-                    still.append(k)
-                    last[k] = runs[k].result.tokens[-1]
-            active = still
-        return [run.result for run in runs]
+        for k, req in enumerate(requests):
+            self._check(k, req)
+        batch = InflightBatch(self, slots=len(requests), max_len=max(len(r.input_ids) + r.max_new_tokens for r in requests),
+                              normalize_log_probs=normalize_log_probs)
+        sequences = [batch.add(req, on_token=None if on_token is None else _indexed(on_token, k))
+                     for k, req in enumerate(requests)]
+        while batch.active:
+            batch.step()
+        return [seq.result for seq in sequences]
 
 
-class _Run:
-    """One request's progress through generation: its sampler and its result so far."""
+def _indexed(on_token, k: int):
+    return lambda token, log_prob: on_token(k, token, log_prob)
 
-    def __init__(self, req: GenerationRequest, params: SamplingParams, *, vocab_size: int, normalize: bool):
-        self.req, self.normalize = req, normalize
+
+class InflightBatch:
+    """Requests decoding together in the slots of one preallocated KV cache (in-flight batching).
+
+    `add` puts a request in the lowest free slot and prefills its prompt alone; `step` advances every
+    active request by one token; a finished (or `remove`d) request frees its slot and nothing else
+    moves. A step runs the rows of slots lowest..highest active (a free slot in between costs one
+    masked dummy row) against keys up to the longest active length: the cache is only ever viewed
+    (`keys[lo:hi, :, :span]`), never gathered or copied.
+
+    Args:
+        runtime: the decoder.
+        slots: how many requests may be active at once.
+        max_len: the longest prompt + max_new_tokens a request may have.
+        normalize_log_probs: see TrtllmCheckpointRuntime.generate_results.
+    """
+
+    def __init__(self, runtime: TrtllmCheckpointRuntime, *, slots: int, max_len: int, normalize_log_probs: bool = False):
+        self.runtime, self.max_len, self.normalize = runtime, max_len, normalize_log_probs
+        self.cache = runtime.new_cache(slots, max_len)  # per layer (keys, values) [slots, Hkv, max_len, D]
+        self.free = list(range(slots))
+        self.by_slot: dict[int, Decoding] = {}
+
+    @property
+    def active(self) -> list["Decoding"]:
+        return [self.by_slot[s] for s in sorted(self.by_slot)]
+
+    @property
+    def has_room(self) -> bool:
+        return bool(self.free)
+
+    @torch.no_grad()
+    def add(self, request: GenerationRequest, *, on_token: Callable[[int, float | None], None] | None = None,
+            checked: tuple[torch.Tensor | None, SamplingParams] | None = None) -> "Decoding":
+        """Check and prefill one request (its first token comes out here); DeployError if it is refused.
+
+        The returned sequence is `done` already when its first token ended it.
+        """
+        table, params = checked or self.runtime.check(request)
+        if len(request.input_ids) + request.max_new_tokens > self.max_len:
+            raise DeployError(f"input length {len(request.input_ids)} + max_new_tokens {request.max_new_tokens} "
+                              f"exceeds the batch's {self.max_len} cache positions.")
+        if not self.free:
+            raise DeployError("every slot of the batch is taken; wait for a request to finish.")
+        seq = Decoding(request, params, vocab_size=self.runtime.vocab_size, normalize=self.normalize,
+                        on_token=on_token)
+        seq.slot = self.free.pop(0)
+        try:
+            n = len(request.input_ids)
+            ids = torch.tensor([request.input_ids])
+            view = [(keys[seq.slot:seq.slot + 1, :, :n], values[seq.slot:seq.slot + 1, :, :n]) for keys, values in self.cache]
+            logits = self.runtime.forward(self.runtime.embed(ids, table).to(self.runtime.dtype), torch.arange(n)[None], view)
+            seq.length = n
+            seq.advance(logits[0])
+        except BaseException:
+            self._release(seq)
+            raise
+        if seq.done:
+            self._release(seq)
+        else:
+            self.by_slot[seq.slot] = seq
+        return seq
+
+    @torch.no_grad()
+    def step(self) -> list["Decoding"]:
+        """One token for every active request; returns those that finished."""
+        active = self.active
+        if not active:
+            return []
+        lo, hi = active[0].slot, active[-1].slot + 1
+        last = torch.zeros(hi - lo, dtype=torch.long)  # a free slot in between decodes token 0 at position 0
+        positions = torch.zeros(hi - lo, dtype=torch.long)
+        for seq in active:
+            last[seq.slot - lo], positions[seq.slot - lo] = seq.result.tokens[-1], seq.length
+        span = int(positions.max()) + 1
+        view = [(keys[lo:hi, :, :span], values[lo:hi, :, :span]) for keys, values in self.cache]
+        logits = self.runtime.forward(self.runtime.embed(last[:, None], None).to(self.runtime.dtype),
+                                      positions[:, None], view)
+        finished = []
+        for seq in active:
+            seq.length += 1
+            seq.advance(logits[seq.slot - lo])
+            if seq.done:
+                self._release(seq)
+                finished.append(seq)
+        return finished
+
+    def remove(self, seq: "Decoding") -> None:
+        """Drop an active request (cancelled): its slot is free for the next one."""
+        if self.by_slot.get(seq.slot) is seq:
+            self._release(seq)
+
+    def _release(self, seq: "Decoding") -> None:
+        self.by_slot.pop(seq.slot, None)
+        if seq.slot is not None and seq.slot not in self.free:
+            self.free.append(seq.slot)
+            self.free.sort()
+        seq.slot = None
+
+
+class Decoding:
+    """One request's progress through generation: its slot, sampler and result so far.
+
+    on_token(token, log_prob) is called for each returned token (log_prob None unless return_log_probs).
+    """
+
+    def __init__(self, req: GenerationRequest, params: SamplingParams, *, vocab_size: int, normalize: bool,
+                 on_token: Callable[[int, float | None], None] | None = None):
+        self.req, self.normalize, self.on_token = req, normalize, on_token
+        self.slot: int | None = None
+        self.length = 0  # cache positions filled
         self.stop_words = word_list("stop_words", req.stop_words)
         self.sampler = RequestSampler(params, req.input_ids, vocab_size=vocab_size, end_id=req.end_id,
                                       log_probs=req.return_log_probs)
         self.result = GenerationResult(output_log_probs=[] if req.return_log_probs else None,
                                        cum_log_probs=0.0 if req.return_log_probs else None)
 
-    def step(self, logits: torch.Tensor, k: int, on_token) -> bool:
-        """Choose the next token from last-position logits [V]; True while the request goes on."""
+    @property
+    def done(self) -> bool:
+        return bool(self.result.finish_reason)
+
+    def advance(self, logits: torch.Tensor) -> None:
+        """Choose the next token from last-position logits [V]; sets result.finish_reason when it ends."""
         choice, result = self.sampler.next(logits), self.result
         if choice.log_prob is not None:
             result.cum_log_probs += choice.log_prob  # end_id's too (samplingTopKKernels.cu adds before its EOS test)
         if self.req.end_id is not None and choice.token == self.req.end_id:
             result.finish_reason = "end_id"
-            return False
+            return
         self.sampler.accept(choice.token)
         result.tokens.append(choice.token)
         log_prob = choice.normalized_log_prob if self.normalize else choice.log_prob
         if result.output_log_probs is not None:
             result.output_log_probs.append(log_prob)
-        if on_token:
-            on_token(k, choice.token, log_prob)
         if ends_with_any(self.sampler.sequence, self.stop_words):  # stop words stay in the output
             result.finish_reason = "stop_words"
         elif len(result.tokens) >= self.req.max_new_tokens:
             result.finish_reason = "length"
-        return not result.finish_reason
+        if self.on_token:
+            self.on_token(choice.token, log_prob)

@@ -30,7 +30,12 @@ ROTARY_SCALING_REASON = ("null = plain RoPE (theta = rotary_base), as the HF NVL
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """`quantization`: unquantized today (quant_algo null); recipes fill it."""
+    """`quantization`: TensorRT-LLM's `QuantConfig` fields (models/modeling_utils.py, read at commit 01ea6d79).
+
+    null quant_algo for `convert llm`; `quant.recipes.Recipe.quant_config` fills it for fp8 (FP8) and
+    int4_awq / int4_rtn (W4A16_AWQ, group_size, pre_quant_scale true), kv_cache_quant_algo FP8 with an
+    FP8 KV cache. Layouts: docs/quantization-formats.md.
+    """
 
     quant_algo: str | None = None
     kv_cache_quant_algo: str | None = None

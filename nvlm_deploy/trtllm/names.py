@@ -162,3 +162,23 @@ def _file_order(target: PlannedTensor) -> tuple[int, int, str]:
     if target.layer is not None:
         return (1, target.layer, target.name)
     return (2, 0, target.name)
+
+
+# ---- quantized checkpoints: scale tensors beside each quantized linear ----
+# Names from TensorRT-LLM's docs/source/architecture/checkpoint.md and the loader that consumes them,
+# `preprocess_perlayer_weights` / `preprocess_weights` in tensorrt_llm/models/modeling_utils.py
+# (NVIDIA/TensorRT-LLM, read at commit 01ea6d79; docs/quantization-formats.md has the layouts).
+WEIGHTS_SCALING_FACTOR = "weights_scaling_factor"  # FP8: [1] fp32; W4A16_AWQ: [N, K/G] model dtype
+ACTIVATION_SCALING_FACTOR = "activation_scaling_factor"  # FP8: [1] fp32
+PREQUANT_SCALING_FACTOR = "prequant_scaling_factor"  # W4A16_AWQ: [K] model dtype (loader reshapes to [1, K])
+KV_CACHE_SCALING_FACTOR = "attention.kv_cache_scaling_factor"  # per layer, [1] fp32
+# The linears a recipe quantizes (suffix of their weight under `transformer.layers.{i}.`); lm_head
+# and the embedding stay in the model dtype (modelopt's configs disable `*lm_head*`).
+QUANTIZED_LINEARS = (QKV_WEIGHT, DENSE, MLP_FC, MLP_GATE, MLP_PROJ)
+
+
+def scale_name(weight_name: str, kind: str) -> str:
+    """`...attention.qkv.weight` -> `...attention.qkv.{kind}` (kind: one of the *_SCALING_FACTOR names)."""
+    if not weight_name.endswith(".weight"):
+        raise ValueError(f"{weight_name!r} is not a weight name")
+    return weight_name[: -len("weight")] + kind

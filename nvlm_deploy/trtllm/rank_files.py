@@ -5,7 +5,9 @@ renumbered from 0 per pipeline rank), `rank_specs` computes every rank file's he
 with the real split code on meta tensors, `verify_rank_files` re-reads what was written.
 
 Reading side: `load_trtllm_checkpoint` returns the tp 1 / pp 1 layout (global layer numbers, full
-tensors, lm_head trimmed to vocab_size). Replicated tensors must be identical on every rank and
+tensors, lm_head trimmed to vocab_size). Quantized checkpoints (FP8, W4A16_AWQ) are dequantized
+rank by rank with each rank's own scales before merging (`quant.emulate.dequantize_rank`); the
+per-tensor activation and KV-cache scales stay, for the runtime's FP8 emulation. Replicated tensors must be identical on every rank and
 every rank must hold exactly the tensors its place in the mapping calls for, so this is also the
 executable check of every checkpoint the converter writes.
 """
@@ -88,7 +90,18 @@ def expected_rank_names(config: TrtllmConfig, rank: int) -> set[str]:
         expected.add(names.VOCAB_EMBEDDING)
     if pp_rank == config.pp - 1:
         expected |= {names.LN_F, names.LM_HEAD}
-    return expected
+    return expected | _expected_quant_names(config, expected, local_layers=range(len(layers)))
+
+
+def _expected_quant_names(config: TrtllmConfig, expected: set[str], *, local_layers: range) -> set[str]:
+    """Scale tensors of a quantized checkpoint (`quant.emulate`); none for an unquantized one."""
+    q = config.quantization
+    if q.quant_algo is None and q.kv_cache_quant_algo is None:
+        return set()
+    from nvlm_deploy.quant.emulate import expected_scale_names, quantized_weight_names
+
+    return expected_scale_names(quantized_weight_names(expected, quant_algo=q.quant_algo), quant_algo=q.quant_algo,
+                                kv_layers=local_layers, kv_quant_algo=q.kv_cache_quant_algo)
 
 
 def load_trtllm_checkpoint(checkpoint_dir: str | Path, *, dtype: torch.dtype | None = None
@@ -106,9 +119,18 @@ def load_trtllm_checkpoint(checkpoint_dir: str | Path, *, dtype: torch.dtype | N
     root = Target.of(checkpoint_dir, stage="trtllm_checkpoint").dir("trtllm_checkpoint") \
         if not (Path(checkpoint_dir) / CONFIG_FILE).is_file() else Path(checkpoint_dir)
     config = TrtllmConfig.from_json(root / CONFIG_FILE)
+    from nvlm_deploy.trtllm.checkpoint_check import verify_checkpoint
+
+    verify_checkpoint(root, config, layout=RankLayout(tp=config.tp, pp=config.pp, num_layers=config.num_hidden_layers),
+                      rank_file=rank_file)  # files as written (manifest sizes), shapes as config.json says
     ranks = [_read_rank(root, r) for r in range(config.tp * config.pp)]
     for r, tensors in enumerate(ranks):
         check_names(expected=expected_rank_names(config, r), found=tensors, where=str(root / rank_file(r)))
+    if config.quantization.quant_algo is not None:  # each rank dequantized with its own scales, then merged
+        from nvlm_deploy.quant.emulate import dequantize_rank
+
+        ranks = [dequantize_rank(t, quant_algo=config.quantization.quant_algo,
+                                 group_size=config.quantization.group_size) for t in ranks]
     merged: dict[str, torch.Tensor] = {}
     for pp_rank in range(config.pp):
         row = ranks[pp_rank * config.tp:(pp_rank + 1) * config.tp]
@@ -117,7 +139,9 @@ def load_trtllm_checkpoint(checkpoint_dir: str | Path, *, dtype: torch.dtype | N
             pieces = [tensors[local] for tensors in row]
             name, split = _global_name(local, first)
             merged[name] = _merge(name, split, pieces, config, root)
-    return config, {k: (v.to(dtype) if dtype else v) for k, v in merged.items()}
+    from nvlm_deploy.quant.emulate import is_scale
+
+    return config, {k: (v.to(dtype) if dtype and not is_scale(k) else v) for k, v in merged.items()}
 
 
 def _read_rank(root: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -138,7 +162,8 @@ def _global_name(local: str, first_layer: int) -> tuple[str, str]:
     if local in names.SPLIT_OF:
         return local, names.SPLIT_OF[local]
     _, _, layer, suffix = local.split(".", 3)
-    return names.layer_tensor(int(layer) + first_layer, suffix), names.SPLIT_OF[suffix]
+    # per-tensor scales left after dequantization (activation, KV cache) are the same on every tp rank
+    return names.layer_tensor(int(layer) + first_layer, suffix), names.SPLIT_OF.get(suffix, "replicate")
 
 
 def _merge(name: str, split: str, pieces: list[torch.Tensor], config: TrtllmConfig, root: Path) -> torch.Tensor:

@@ -38,16 +38,25 @@ def test_unknown_gpu_lists_the_known_ones():
         parse_target("h300-bf16-tp1")
 
 
-@pytest.mark.parametrize("name, example", [("h100-sxm-fp8-tp2", "h100-sxm-bf16-tp2"),
-                                           ("l40s-int4_awq-tp1", "l40s-bf16-tp1"),
-                                           ("cpu-fp8", "cpu-bf16")])
-def test_quantization_recipes_are_refused_until_quantization_exists(name, example):
-    with pytest.raises(DeployError) as exc:
-        parse_target(name)
-    message = str(exc.value)
-    assert "quantization is not available yet" in message
-    assert ("bf16, fp16" if name.startswith(("h100", "l40s")) else "fp32, fp16, bf16") in message
-    assert f"--target {example}" in message
+@pytest.mark.parametrize("name, spec", [("h100-sxm-fp8-tp2", TargetSpec("h100-sxm", "fp8", 2, 1)),
+                                        ("l40s-int4_awq-tp1", TargetSpec("l40s", "int4_awq", 1, 1)),
+                                        ("cpu-fp8", TargetSpec(None, "fp8", 1, 1)),
+                                        ("cpu-int4_awq-tp2", TargetSpec(None, "int4_awq", 2, 1))])
+def test_quantization_recipes_are_targets_whose_unquantized_tensors_stay_bf16(name, spec):
+    assert parse_target(name) == spec
+    assert spec.quantized and spec.precision == "bf16"
+    assert not parse_target("cpu-bf16").quantized and not parse_target("h100-sxm-bf16-tp1").quantized
+
+
+def test_a_quantized_target_is_checked_as_quantize_checks_it(tiny_checkpoint):
+    """Before any stage runs: heads that do not split over tp are refused, naming the target; int4's default
+    group (128) fits the tiny decoder (hidden 128) at tp 1 but not at tp 2 (64 inputs per rank)."""
+    llm = NvlmConfig.from_hf(tiny_checkpoint).llm
+    with pytest.raises(DeployError, match=r"target 'cpu-fp8-tp7'"):
+        check_parallelism(parse_target("cpu-fp8-tp7"), llm)
+    check_parallelism(parse_target("cpu-int4_awq"), llm)
+    with pytest.raises(DeployError, match=r"target 'cpu-int4_awq-tp2': --group-size 128 does not divide"):
+        check_parallelism(parse_target("cpu-int4_awq-tp2"), llm)
 
 
 def test_a_recipe_the_gpu_does_not_run_is_refused():

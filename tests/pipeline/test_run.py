@@ -146,11 +146,21 @@ def test_a_build_killed_mid_stage_resumes(tiny_checkpoint, tmp_path):
     assert all(Target(target).has(stage) for stage in CPU_STAGES)
 
 
-def test_a_quantized_target_is_refused_before_any_stage_runs(tiny_checkpoint, tmp_path):
-    run = build("--model", tiny_checkpoint, "--target", CPU, "--target", "h100-sxm-fp8-tp2", "--out", tmp_path)
-    assert run.rc == 1 and run.out == "" and "Traceback" not in run.err
-    assert "quantization is not available yet" in run.err and "--target h100-sxm-bf16-tp2" in run.err
-    assert not any(tmp_path.iterdir())
+def test_a_quantized_cpu_target_is_quantized_packaged_and_reused(tiny_checkpoint, tmp_path):
+    """cpu-fp8: the checkpoint stage is `quantize` (modelopt, demo calibration set), the CPU repository
+    serves it; a second run reuses every stage."""
+    pytest.importorskip("modelopt.torch.quantization")
+    result = build("--model", tiny_checkpoint, "--target", "cpu-fp8", "--out", tmp_path)
+    assert result.rc == 0, result.err
+    assert all(built(result, "cpu-fp8", stage) for stage in CPU_STAGES)
+    target = Target(tmp_path / tiny_checkpoint.name / "cpu-fp8")
+    checkpoint = target.manifest("trtllm_checkpoint")
+    assert checkpoint.quantization["recipe"] == "fp8" and checkpoint.precision == "bf16"
+    config = (target.dir("trtllm_checkpoint") / "config.json").read_text()
+    assert '"quant_algo": "FP8"' in config
+    check_repository(target.dir("model_repository"))
+    again = build("--model", tiny_checkpoint, "--target", "cpu-fp8", "--out", tmp_path)
+    assert again.rc == 0 and not any(built(again, "cpu-fp8", stage) for stage in CPU_STAGES), again.out
 
 
 def test_build_without_model_or_target_says_what_it_needs(capsys):

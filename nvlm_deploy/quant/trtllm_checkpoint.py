@@ -1,0 +1,98 @@
+"""Write a quantized TensorRT-LLM checkpoint through the project's name table, splits and writer.
+
+Unquantized tensors (embedding, norms, biases, lm_head) go exactly as `convert llm` writes them.
+Each quantized linear stores, per rank (layouts: `quant.formats`, docs/quantization-formats.md):
+
+| recipe | `<linear>.weight` | `weights_scaling_factor` | other |
+|---|---|---|---|
+| FP8 | e4m3 bytes as int8, split like the weight | [1] fp32, replicated | `activation_scaling_factor` [1] fp32 |
+| W4A16_AWQ | int8 [N_r/2, K_r] packed | [N_r, K_r/G] model dtype, split like the weight | `prequant_scaling_factor` [K_r] model dtype |
+
+Splits are done on the unpacked int4 values and on the scale rows/columns with the same split
+functions as the float weights (scale row j belongs to weight row j; scale column g to the weight
+columns of group g), then each rank's piece is packed. `attention.kv_cache_scaling_factor` [1]
+fp32 is replicated on every rank of its layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nvlm_deploy.quant import formats
+from nvlm_deploy.quant.linears import CalibratedDecoder
+from nvlm_deploy.trtllm import names, splits
+from nvlm_deploy.trtllm.names import PlannedTensor
+from nvlm_deploy.trtllm.rank_files import RankLayout, rank_file, verify_rank_files
+from nvlm_deploy.trtllm.safetensors_io import SafetensorsWriter
+
+
+def rank_tensors(targets: list[PlannedTensor], source, decoder: CalibratedDecoder, layout: RankLayout, *,
+                 dtype: torch.dtype, num_kv_heads: int, int4: bool, group_size: int) -> list[dict[str, torch.Tensor]]:
+    """Every rank's tensors by local name.
+
+    Args:
+        targets: the name table's plan (`names.plan_tensors`).
+        source: callable HF name -> float tensor, for tensors that are not calibrated linears.
+        decoder: the calibrated linears and KV scales.
+        layout: tp / pp layout.
+        dtype: the checkpoint's model dtype.
+        num_kv_heads: for the qkv split.
+        int4: W4A16_AWQ layout (else FP8).
+        group_size: int4 group size.
+    """
+    out: list[dict[str, torch.Tensor]] = [{} for _ in layout.ranks()]
+    for target in targets:
+        quantized = target.sources[0] in decoder.linears
+        for rank in layout.ranks():
+            if not layout.holds(rank, target):
+                continue
+            local = target.local_name(layout.layers(rank).start)
+            tp_rank = rank % layout.tp
+
+            def piece(tensors, split=target.split):
+                return splits.rank_piece(split, tensors, tp=layout.tp, rank=tp_rank, num_kv_heads=num_kv_heads)
+
+            if not quantized:
+                out[rank][local] = piece([source(n).to(dtype) for n in target.sources])
+                continue
+            lins = [decoder.linears[n] for n in target.sources]
+            if int4:
+                values = [formats.int4_quantize(lin.weight, lin.weight_scale, group_size) for lin in lins]
+                out[rank][local] = formats.pack_int4(piece(values))
+                out[rank][names.scale_name(local, names.WEIGHTS_SCALING_FACTOR)] = \
+                    piece([lin.weight_scale for lin in lins]).to(dtype)
+                pqs = lins[0].pre_quant_scale  # fused parts share it (preprocess_linear_fusion)
+                pqs_piece = splits.chunk(pqs, tp=layout.tp, rank=tp_rank, dim=0) if target.split == "row" else pqs
+                out[rank][names.scale_name(local, names.PREQUANT_SCALING_FACTOR)] = pqs_piece.to(dtype).contiguous()
+            else:
+                scale = torch.stack([lin.weight_scale for lin in lins]).max()
+                act = torch.stack([lin.activation_scale for lin in lins]).max()
+                values = [formats.fp8_quantize(lin.weight, scale).view(torch.int8) for lin in lins]
+                out[rank][local] = piece(values).contiguous()
+                out[rank][names.scale_name(local, names.WEIGHTS_SCALING_FACTOR)] = scale.reshape(1).float()
+                out[rank][names.scale_name(local, names.ACTIVATION_SCALING_FACTOR)] = act.reshape(1).float()
+    for layer, scale in decoder.kv_scales.items():
+        for rank in layout.ranks():
+            layers = layout.layers(rank)
+            if layer in layers:
+                local = names.layer_tensor(layer - layers.start, names.KV_CACHE_SCALING_FACTOR)
+                out[rank][local] = scale.reshape(1).float()
+    return out
+
+
+def write_rank_files(directory: Path, tensors: list[dict[str, torch.Tensor]]) -> None:
+    """Write rank{N}.safetensors with the project's writer, then re-read them with safetensors' reader."""
+    specs = []
+    for rank, rank_tensors_ in enumerate(tensors):
+        spec = {name: (t.dtype, tuple(t.shape)) for name, t in rank_tensors_.items()}
+        writer = SafetensorsWriter(directory / rank_file(rank), spec)
+        try:
+            for name, t in rank_tensors_.items():
+                writer.write(name, t.contiguous())
+        finally:
+            writer.file.close()
+        writer.close()
+        specs.append(spec)
+    verify_rank_files(directory, specs)
