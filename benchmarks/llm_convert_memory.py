@@ -6,7 +6,9 @@ each in a fresh process so that peak RSS (ru_maxrss) is its own: a plain copy of
 (the wall-time baseline, before and after), the conversion at tp 1, the conversion at tp 4. Reports peak RSS against
 the bound 1.5 x largest tensor + 0.5 GB and wall time against the copy.
 
-    .venv/bin/python benchmarks/llm_convert_memory.py [--workdir /tmp/nvlm-llm-bench] [--keep]
+    .venv/bin/python benchmarks/llm_convert_memory.py [--quick] [--workdir /tmp/nvlm-llm-bench] [--keep]
+
+`run(workdir, quick)` is the suite's interface (RULES.md); `quick` uses a quarter of the widths.
 
 Writes benchmarks/results/llm_convert_memory.json and prints a markdown table. Not run by CI.
 """
@@ -28,15 +30,17 @@ RESULTS = Path(__file__).parent / "results" / "llm_convert_memory.json"
 SHARD_BYTES = 4 * 1024**3
 
 
-def write_checkpoint(root: Path) -> dict:
-    """The synthetic checkpoint: config.json + sharded safetensors (decoder tensors only), streamed."""
+def write_checkpoint(root: Path, **llm_overrides) -> dict:
+    """The synthetic checkpoint: config.json + sharded safetensors (decoder tensors only), streamed.
+
+    `llm_overrides` change the decoder's widths (benchmarks/llm_convert_speed.py's quick mode)."""
     import torch
 
     from nvlm_deploy.convert.llm_checkpoint import SafetensorsWriter
     from nvlm_deploy.model.tiny import preset_config, stored_dtype
 
     config = preset_config("72b")
-    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, num_hidden_layers=2))
+    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, num_hidden_layers=2, **llm_overrides))
     llm = config.llm
     hd, kv = llm.head_dim, llm.num_key_value_heads
     shapes = {"language_model.model.embed_tokens.weight": (llm.vocab_size, llm.hidden_size),
@@ -115,21 +119,15 @@ def measure(case: str, model: Path, out: Path, *, tp: int = 1) -> dict:
     return {"case": case if case == "copy" else f"convert tp{tp}", **row, "output_bytes": out_bytes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="/tmp/nvlm-llm-bench")
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
-    parser.add_argument("--child", choices=["copy", "convert"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
+QUICK_WIDTHS = dict(hidden_size=2048, intermediate_size=7392, num_attention_heads=16, num_key_value_heads=2)
+
+
+def run(workdir: Path, quick: bool = False) -> dict:
+    """Peak RSS of convert tp1 / tp4 against 1.5 x the largest tensor + 0.5 GB, beside a plain copy."""
+    work = Path(workdir)
+    shutil.rmtree(work / "model", ignore_errors=True)
     start = time.perf_counter()
-    source = write_checkpoint(work / "model")
+    source = write_checkpoint(work / "model", **(QUICK_WIDTHS if quick else {}))
     source["write_s"] = time.perf_counter() - start
     # The copy runs first and last: the first also absorbs the writeback of the freshly written
     # checkpoint; the faster of the two is the baseline.
@@ -139,23 +137,48 @@ def main() -> None:
             measure("copy", work / "model", work / "copy")]
     bound = 1.5 * source["largest_tensor_bytes"] + 0.5 * GB
     copy_s = min(r["wall_s"] for r in rows if r["case"] == "copy")
-    for row in rows:
-        row["rss_bound_bytes"] = bound
-        row["within_bound"] = row["peak_rss_bytes"] <= bound
-        row["wall_vs_copy"] = row["wall_s"] / copy_s
-    report = {"source": source, "rows": rows, "machine": {"python": sys.version.split()[0],
-                                                         "cpus": __import__("os").cpu_count()}}
+    table = [{"case": r["case"], "wall s": round(r["wall_s"], 2), "x copy": round(r["wall_s"] / copy_s, 2),
+              "peak RSS GB": round(r["peak_rss_bytes"] / GB, 2), "bound GB": round(bound / GB, 2),
+              "within bound": r["peak_rss_bytes"] <= bound, "output GB": round(r["output_bytes"] / GB, 2)}
+             for r in rows]
+    return {"name": "llm_convert_memory",
+            "title": f"Decoder conversion peak memory ({'quarter' if quick else 'NVLM-D-72B'} widths, 2 layers, "
+                     f"{source['total_bytes'] / GB:.2f} GB)",
+            "goal": "peak RSS <= 1.5 x the largest tensor + 0.5 GB at tp 1 and tp 4",
+            "met": all(row["within bound"] for row in table),
+            "rows": table, "samples": {"peak_rss_gb": [row["peak RSS GB"] for row in table]},
+            "notes": f"largest tensor {source['largest_tensor']} {source['largest_tensor_bytes'] / GB:.2f} GB; "
+                     f"each case a fresh process (ru_maxrss); cpus {__import__('os').cpu_count()}.",
+            "source": source}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/nvlm-llm-bench")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the widths (~1.5 GB source)")
+    parser.add_argument("--child", choices=["copy", "convert"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        result = run(work, quick=args.quick)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"source: {source['total_bytes'] / GB:.2f} GB in {source['shards']} shards; largest tensor "
-          f"{source['largest_tensor']} {source['largest_tensor_bytes'] / GB:.2f} GB; bound {bound / GB:.2f} GB\n")
-    print("| case | wall s | x copy | peak RSS GB | RSS after imports GB | output GB | within bound |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']} | {r['wall_s']:.1f} | {r['wall_vs_copy']:.2f} | {r['peak_rss_bytes'] / GB:.2f} | "
-              f"{r['rss_after_imports_bytes'] / GB:.2f} | {r['output_bytes'] / GB:.2f} | {r['within_bound']} |")
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    columns = list(result["rows"][0])
+    print(f"## {result['title']}\n")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in result["rows"]:
+        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    print(f"\ngoal: {result['goal']} -> met: {result['met']}\n\n{result['notes']}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def build_vision_engine(onnx_dir: str | Path, out_dir: str | Path, *, requests_p
     Returns:
         the vision/ directory.
     """
-    from nvlm_deploy.artifacts import atomic_output_dir
+    from nvlm_deploy.artifacts import atomic_output_dir, write_recorded
     from nvlm_deploy.build.gpu import describe_local_gpu
     from nvlm_deploy.config import NvlmConfig
     from nvlm_deploy.contracts.manifest import VisionEngineManifest, tool_versions, write_manifest
@@ -140,7 +140,7 @@ def build_vision_engine(onnx_dir: str | Path, out_dir: str | Path, *, requests_p
                            gpu=gpu.as_dict(), build_seconds=seconds, timing_cache=cache_info)
     config["network_io"] = io
     with atomic_output_dir(stage_dir, force=force) as tmp:
-        (tmp / PLAN_FILE).write_bytes(plan)
+        write_recorded(tmp / PLAN_FILE, plan)  # hashed on the way, for the manifest's file records
         (tmp / ENGINE_CONFIG_FILE).write_text(json.dumps(config, indent=2))
         write_manifest(tmp, VisionEngineManifest(
             onnx_dir=str(source.dir("onnx").resolve()), onnx_created=onnx.created, precision=onnx.precision,

@@ -2,8 +2,13 @@
 
 A stage writes its manifest with `write_manifest` (stage name + `asdict`) and every later stage
 reads it back typed with `read_manifest`; nobody indexes a manifest dict by position. A manifest
-that is missing, not JSON, of another stage or lacking a field is a DeployError naming the file
-and the command that writes it.
+that is missing, not JSON, of another stage, lacking a field or holding a value of the wrong type
+is a DeployError naming the file and the command that writes it.
+
+Every stage manifest (those with a `files` field) records each file of its directory by size and
+sha256 (`artifacts.file_records`, filled in by `write_manifest`: the writer never lists them by
+hand, so nothing it wrote can be left out); `verify_manifest_files` checks them, sizes always and
+hashes on request.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from nvlm_deploy.artifacts import MANIFEST, file_records, verify_files
 from nvlm_deploy.errors import DeployError
 
-MANIFEST = "manifest.json"
+# relative path -> {"bytes": int, "sha256": hex}; None: written before file records existed
+FileRecords = dict[str, dict[str, Any]]
 
 
 def now() -> str:
@@ -88,6 +95,7 @@ class OnnxManifest:
     check: dict[str, Any]  # onnx_check.CheckReport.as_dict()
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
+    files: FileRecords | None = None  # every file of the directory (write_manifest fills it)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,8 @@ class TrtllmCheckpointManifest:
     self_check: list[str]  # tensors merged back and compared with the source
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
+    files: FileRecords | None = None  # every file of the directory (write_manifest fills it)
+    quantization: dict[str, Any] | None = None  # quant recipe, calibration set, padding (nvlm_deploy.quant)
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class VisionEngineManifest:
     build_seconds: float
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
+    files: FileRecords | None = None  # every file of the directory (write_manifest fills it)
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,7 @@ class LlmEngineManifest:
     engine_bytes: dict[str, int]  # "rank{N}.engine" -> bytes
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
+    files: FileRecords | None = None  # every file of the directory (write_manifest fills it)
 
 
 @dataclass(frozen=True)
@@ -161,14 +173,21 @@ class RepositoryManifest:
     decoupled: bool = True  # package --decoupled-mode
     created: str = field(default_factory=now)
     tools: dict[str, str] = field(default_factory=dict)
+    files: FileRecords | None = None  # every file of the directory (write_manifest fills it)
 
 
 M = TypeVar("M")
 
 
 def write_manifest(directory: str | Path, manifest) -> Path:
-    """`<directory>/manifest.json` = {"stage": ..., **asdict(manifest)}, written whole or not at all."""
+    """`<directory>/manifest.json` = {"stage": ..., **asdict(manifest)}, written whole or not at all.
+
+    A stage manifest's `files` are (re)computed here from the directory as it is: the manifest is
+    written last, so it describes exactly what the stage wrote.
+    """
     path = Path(directory) / MANIFEST
+    if "files" in {f.name for f in dataclasses.fields(manifest)}:
+        manifest = dataclasses.replace(manifest, files=file_records(directory))
     tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"stage": manifest.STAGE, **dataclasses.asdict(manifest)}, indent=2),
                    encoding="utf-8")
@@ -193,3 +212,30 @@ def read_manifest(directory: str | Path, kind: type[M], *, writer: str = "the st
         raise DeployError(f"{path} describes a '{raw.get('stage')}' artifact, not '{kind.STAGE}'; "
                           f"point at the right directory or re-run `{writer}`.")
     return kind(**dataclass_values(kind, raw, path=path, fix=fix))
+
+
+def verify_manifest_files(directory: str | Path, manifest, *, hashes: bool = False, writer: str,
+                          names: list[str] | None = None) -> None:
+    """Every file `manifest` records exists in `directory` with its size (and, with `hashes`, its sha256);
+    one DeployError naming each file that does not, and `writer` to re-run."""
+    verify_files(directory, manifest.files, hashes=hashes, names=names,
+                 fix=f"the artifact is incomplete or was changed after it was written; re-run `{writer}` "
+                     f"with --force to write it again")
+
+
+def refresh_file_records(directory: str | Path, kind: type, rel_paths: list[str], *, writer: str) -> None:
+    """Re-record files that a later step rewrote on purpose (`relocate` rewrites config paths), keeping
+    the other records: the manifest keeps describing the directory exactly."""
+    from nvlm_deploy.artifacts import record_of
+
+    manifest = read_manifest(directory, kind, writer=writer)
+    if manifest.files is None:
+        return
+    files = dict(manifest.files)
+    for rel in rel_paths:
+        files[rel] = record_of(Path(directory) / rel).as_dict()
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"stage": kind.STAGE, **dataclasses.asdict(dataclasses.replace(manifest, files=files))},
+                              indent=2), encoding="utf-8")
+    tmp.replace(path)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from nvlm_deploy.contracts.limits import DeploymentLimits
 from nvlm_deploy.contracts.manifest import (MANIFEST, LlmEngineManifest, OnnxManifest, RepositoryManifest,
                                             TargetManifest, TrtllmCheckpointManifest, VisionEngineManifest, now,
-                                            read_manifest, tool_versions, write_manifest)
+                                            read_manifest, tool_versions, verify_manifest_files, write_manifest)
 from nvlm_deploy.errors import DeployError
 
 if TYPE_CHECKING:
@@ -71,13 +71,17 @@ class Target:
     def has(self, stage: str) -> bool:
         return (self.dir(stage) / MANIFEST).is_file()
 
-    def manifest(self, stage: str):
-        """The stage's typed manifest; a DeployError naming the command when the stage is missing, and
+    def manifest(self, stage: str, *, hashes: bool = False):
+        """The stage's typed manifest; a DeployError naming the command when the stage is missing or
+        its files are not the ones its manifest records (sizes always, sha256 with `hashes`), and
         for an engine that does not fit the GPU or TensorRT-LLM version the target manifest records."""
+        from nvlm_deploy.artifacts import missing_stage_message
+
         spec = STAGES[stage]
         if not self.dir(stage).is_dir():
-            raise DeployError(f"{self.dir(stage)} does not exist: write it with `{spec.command} ... --out {self.root}`.")
+            raise DeployError(missing_stage_message(self.dir(stage), spec.command))
         manifest = read_manifest(self.dir(stage), spec.manifest, writer=spec.command)
+        verify_manifest_files(self.dir(stage), manifest, hashes=hashes, writer=f"{spec.command} ... --out {self.root}")
         if stage in ENGINE_STAGES:
             problems = self.hardware_mismatches(stage, {**manifest.gpu, "hardware_compat": getattr(
                 manifest, "hardware_compat", "none")}, tensorrt_llm=getattr(manifest, "tensorrt_llm", None))
@@ -85,6 +89,14 @@ class Target:
                 raise DeployError(f"{self.dir(stage)} does not belong to this target:\n  - " + "\n  - ".join(problems)
                                   + f"\nFix: {self.rebuild_command()}.")
         return manifest
+
+    def verify(self, stages: tuple[str, ...], *, hashes: bool = True, log=print) -> None:
+        """Check `stages`' files against their manifests (sha256 with `hashes`); DeployError on the first bad one."""
+        for stage in stages:
+            manifest = self.manifest(stage, hashes=hashes)
+            total = sum(r.get("bytes", 0) for r in (manifest.files or {}).values())
+            log(f"  verified {self.dir(stage)}: {len(manifest.files or {})} file(s), {total / 1e6:.1f} MB"
+                + (", sha256 match" if hashes else ", sizes match"))
 
     # ---- what `nvlm-deploy build` records: the target's GPU and library versions ----
 
@@ -158,7 +170,7 @@ class Target:
         if current.tokens_per_tile != config.tokens_per_tile:
             raise DeployError(f"{self.root} was set up for a model with {current.tokens_per_tile} image tokens "
                               f"per tile; this model has {config.tokens_per_tile}. Use another --out per model.")
-        return current.replace(**choices)
+        return current.replace(**choices).within_model(config)
 
     def settle_limits(self, config: "NvlmConfig", *, model_dir: str | Path, choices: dict[str, int | None],
                       rebuilding: str | None = None, store: bool = True) -> DeploymentLimits:
@@ -216,3 +228,47 @@ class Target:
                                 f"({', '.join(beyond)}); rebuild it with `nvlm-deploy build llm --checkpoint "
                                 f"{self.root} --out {self.root} --force` and these limits, or lower them")
         return problems
+
+
+# ---- loaders and serve: a stage directory, or a repository and the stages it serves, against their manifests ----
+
+def verify_stage_dir(directory: str | Path, *, hashes: bool = False) -> object | None:
+    """Check a stage directory a loader is about to use against its own manifest (sizes always, sha256
+    with `hashes`); returns the typed manifest, or None where there is none (artifacts of other tools)."""
+    from nvlm_deploy.jsonfile import read_json_object
+
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return None
+    raw = read_json_object(directory / MANIFEST, fix=f"re-run the command that wrote {directory}")
+    if raw.get("stage") not in STAGES:
+        return None
+    kind, writer = STAGES[raw["stage"]].manifest, STAGES[raw["stage"]].command
+    manifest = read_manifest(directory, kind, writer=writer)
+    verify_manifest_files(directory, manifest, hashes=hashes, writer=writer)
+    return manifest
+
+
+def verify_repository(repo: str | Path, *, hashes: bool = False, log=None) -> list[Path]:
+    """A packaged repository and every stage directory its configs point at, against their manifests.
+
+    Sizes always (a stat per file), sha256 with `hashes` (`serve --verify`: reads every byte once).
+    Paths are the manifest's, relative to the repository (so a moved repository is checked where
+    it is); those that do not exist here (a container mount) are left to `serve`'s own path check.
+    Returns the directories checked.
+    """
+    repo = Path(repo)
+    manifest = read_manifest(repo, RepositoryManifest, writer="nvlm-deploy package")
+    verify_manifest_files(repo, manifest, hashes=hashes, writer="nvlm-deploy package")
+    checked = [repo]
+    for params in manifest.paths.values():
+        for relative in params.values():
+            directory = (repo / relative).resolve()
+            if directory in checked or not directory.is_dir() or directory.is_relative_to(repo.resolve()):
+                continue
+            if verify_stage_dir(directory, hashes=hashes) is not None:
+                checked.append(directory)
+    if log:
+        log(f"verified {len(checked)} director{'y' if len(checked) == 1 else 'ies'} against their manifests ("
+            + ("sizes and sha256" if hashes else "sizes") + "): " + ", ".join(str(d) for d in checked))
+    return checked

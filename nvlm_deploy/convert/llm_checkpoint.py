@@ -1,16 +1,24 @@
 """HF NVLM-D decoder -> TensorRT-LLM checkpoint (`config.json` + `rank{N}.safetensors`), streamed.
 
-Peak memory stays near the largest tensor: source tensors are read one at a time
-(`trtllm.safetensors_io.ShardReader`), and each rank file is written tensor by tensor into a header
-fixed up front (`trtllm.rank_files.rank_specs` runs the real split code on meta tensors). The files
-are then re-read with safetensors' own reader, and layer 0 is merged back and compared with the
-source. Names, splits and the config format are `nvlm_deploy.trtllm`'s.
+Peak memory stays near the largest tensor that needs a cast or a column split: source tensors are
+read one at a time (`trtllm.safetensors_io.ShardReader`), and each rank file is written tensor by
+tensor into a header fixed up front (`trtllm.checkpoint_check.piece_specs` runs the real split code
+on row labels). The
+files are then re-read with safetensors' own reader, and layer 0 is merged back and compared with
+the source. Names, splits and the config format are `nvlm_deploy.trtllm`'s.
+
+Speed (benchmarks/llm_convert_speed.py): a piece that is the source's bytes unchanged (same dtype,
+whole rows: replicated, row-chunked, fused q/k/v, vocabulary with zero padding) is copied file to
+file in the kernel; the rest is read, cast and split here while a background thread writes the
+previous tensor. Every rank file's sha256 is computed on the way, for the manifest.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy
 import torch
 
 from nvlm_deploy.config import LlmConfig, NvlmConfig
@@ -18,10 +26,12 @@ from nvlm_deploy.contracts.precision import Precision, precision
 from nvlm_deploy.trtllm import splits
 from nvlm_deploy.trtllm.config import ROTARY_SCALING_REASON, TrtllmConfig
 from nvlm_deploy.trtllm.names import HF_PREFIX, PlannedTensor, plan_tensors
-from nvlm_deploy.trtllm.rank_files import RankLayout, rank_file, rank_specs, verify_rank_files
-from nvlm_deploy.trtllm.safetensors_io import SafetensorsWriter, ShardReader
+from nvlm_deploy.trtllm.checkpoint_check import _SOURCE_STRIDE, piece_specs, row_labels
+from nvlm_deploy.trtllm.rank_files import RankLayout, rank_file, verify_rank_files
+from nvlm_deploy.trtllm.safetensors_io import BackgroundWriter, SafetensorsWriter, ShardReader, SourceRange
 
 CHECKPOINT_STAGE = "trtllm_checkpoint"
+WRITE_BUDGET = 1 << 30  # bytes of converted pieces waiting for the writer thread, at most (plus one piece)
 
 
 def convert_llm_checkpoint(model_dir: str | Path, out_dir: str | Path, *, tp: int = 1, pp: int = 1,
@@ -36,7 +46,7 @@ def convert_llm_checkpoint(model_dir: str | Path, out_dir: str | Path, *, tp: in
         dtype: a precision name: "bf16" (default), "fp16", or "fp32" (exact parity checks).
         force: replace an existing trtllm_checkpoint/.
     """
-    from nvlm_deploy.artifacts import atomic_output_dir
+    from nvlm_deploy.artifacts import atomic_output_dir, fault_point
     from nvlm_deploy.contracts.target import Target
     from nvlm_deploy.model.checkpoint import CheckpointIndex
     from nvlm_deploy.progress import progress
@@ -56,22 +66,27 @@ def convert_llm_checkpoint(model_dir: str | Path, out_dir: str | Path, *, tp: in
     reader.check(sorted({n for t in tensors for n in t.sources}))
     layout = RankLayout(tp=tp, pp=pp, num_layers=llm.num_hidden_layers)
     torch_dtype = prec.torch_dtype()
-    specs = rank_specs(tensors, reader, layout, dtype=torch_dtype, num_kv_heads=llm.num_key_value_heads)
+    specs = piece_specs(tensors, reader, layout, dtype=torch_dtype, num_kv_heads=llm.num_key_value_heads)
     target = Target(out_dir)
     target.settle_limits(config, model_dir=model_dir, choices={})
     try:
         with atomic_output_dir(target.dir(CHECKPOINT_STAGE), force=force) as tmp:
             TrtllmConfig.from_llm(llm, tp=tp, pp=pp, precision=prec).write(tmp)
             writers = [SafetensorsWriter(tmp / rank_file(r), specs[r]) for r in layout.ranks()]
+            background = BackgroundWriter(WRITE_BUDGET, lanes=min(layout.tp * layout.pp, os.cpu_count() or 1, 8))
             try:
                 for planned in progress(tensors, desc=f"convert llm tp{tp} pp{pp}", unit="tensor"):
                     _write_tensor(planned, reader, writers, layout, dtype=torch_dtype,
-                                  num_kv_heads=llm.num_key_value_heads)
+                                  num_kv_heads=llm.num_key_value_heads, background=background)
+                    fault_point("convert-tensor")
             finally:
-                for w in writers:
-                    w.file.close()
+                try:
+                    background.close()
+                finally:
+                    for w in writers:
+                        w.file.close()
             for w in writers:
-                w.close()  # checks that every planned tensor was written
+                w.close()  # checks that every planned tensor was written; records size + sha256
             verify_rank_files(tmp, specs)
             checked = check_first_layer(tmp, specs, tensors, reader, layout, dtype=torch_dtype, llm=llm)
             _write_manifest(tmp, model_dir, layout, prec=prec, llm=llm, checked=checked)
@@ -95,14 +110,92 @@ def _write_manifest(directory: Path, model_dir: Path, layout: RankLayout, *, pre
 
 
 def _write_tensor(planned: PlannedTensor, reader: ShardReader, writers: list[SafetensorsWriter], layout: RankLayout,
-                  *, dtype: torch.dtype, num_kv_heads: int) -> None:
-    sources = [reader.get(n).to(dtype) for n in planned.sources]  # one tensor's sources in memory at a time
-    for rank in layout.ranks():
-        if layout.holds(rank, planned):
-            piece = splits.rank_piece(planned.split, sources, tp=layout.tp, rank=rank % layout.tp,
-                                        num_kv_heads=num_kv_heads)
-            writers[rank].write(planned.local_name(layout.layers(rank).start), piece)
-            del piece
+                  *, dtype: torch.dtype, num_kv_heads: int, background: BackgroundWriter | None = None) -> None:
+    """Every rank's piece of one target tensor: kernel copies where the bytes pass through unchanged,
+    else read + cast + split here (one tensor's sources in memory at a time) and written in the background."""
+    holders = [r for r in layout.ranks() if layout.holds(r, planned)]
+    run = background.submit if background else (lambda nbytes, job, lane=0: job())
+    copies = {r: passthrough_ranges(planned, reader, layout, rank=r, dtype=dtype, num_kv_heads=num_kv_heads)
+              for r in holders}
+    if all(ranges is not None for ranges in copies.values()):
+        # Chunk by chunk, every rank in turn: a replicated chunk is read from disk once and is still in
+        # the page cache when it is hashed; the hashing thread lags the copies by at most the budget.
+        chunked = {r: chunk_ranges(ranges, COPY_CHUNK) for r, ranges in copies.items()}
+        for i in range(max(len(c) for c in chunked.values())):
+            for rank, chunks in chunked.items():
+                if i < len(chunks):
+                    name, (start, part) = planned.local_name(layout.layers(rank).start), chunks[i]
+                    writers[rank].copy(name, part, reader.fileno, start=start, whole=i == len(chunks) - 1)
+                    run(sum(r.nbytes for r in part),
+                        lambda w=writers[rank], n=name, rs=part, at=start: w.hash_ranges(n, rs, reader.fileno, start=at),
+                        lane=rank)  # one lane per file: its hash is a stream
+        return
+    if background:
+        background.wait_room(sum(reader.location(n)[2] for n in planned.sources))
+    sources = [reader.get(n).to(dtype) for n in planned.sources]
+    for rank in holders:
+        piece = splits.rank_piece(planned.split, sources, tp=layout.tp, rank=rank % layout.tp,
+                                  num_kv_heads=num_kv_heads).contiguous()
+        name = planned.local_name(layout.layers(rank).start)
+        run(piece.numel() * piece.element_size(), lambda w=writers[rank], n=name, p=piece: w.write(n, p), lane=rank)
+        del piece
+    del sources
+
+
+COPY_CHUNK = 64 << 20  # bytes per kernel copy and hashing job
+
+
+def chunk_ranges(ranges: list[SourceRange], size: int) -> list[tuple[int, list[SourceRange]]]:
+    """`ranges` cut into consecutive groups of at most `size` bytes: (byte offset in the tensor, ranges)."""
+    out: list[tuple[int, list[SourceRange]]] = []
+    at, group, room = 0, [], size
+    start = 0
+    for r in ranges:
+        offset, left = r.offset, r.nbytes
+        while left:
+            n = min(left, room)
+            group.append(SourceRange(r.path, offset if r.path is not None else 0, n))
+            offset, left, room, at = offset + n, left - n, room - n, at + n
+            if room == 0:
+                out.append((start, group))
+                start, group, room = at, [], size
+    if group or not out:
+        out.append((start, group))
+    return out
+
+
+def passthrough_ranges(planned: PlannedTensor, reader: ShardReader, layout: RankLayout, *, rank: int,
+                       dtype: torch.dtype, num_kv_heads: int) -> list[SourceRange] | None:
+    """The source byte ranges that make up `rank`'s piece unchanged, or None when it needs a cast or a
+    column split.
+
+    The real split code runs on row labels (one int64 per source row), so whatever it does along
+    dim 0 (chunk, q/k/v fusion, KV-head duplication, vocabulary padding) is followed exactly;
+    consecutive labels become one byte range.
+    """
+    specs = [reader.spec(n) for n in planned.sources]
+    if any(d != dtype for d, _ in specs) or (planned.split == "row" and layout.tp > 1):
+        return None
+    piece = splits.rank_piece(planned.split, row_labels([shape for _, shape in specs]), tp=layout.tp,
+                              rank=rank % layout.tp,
+                              num_kv_heads=num_kv_heads).reshape(-1)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    row_bytes = [torch.Size(shape[1:]).numel() * itemsize for _, shape in specs]
+    where = [reader.location(n) for n in planned.sources]
+    ranges: list[SourceRange] = []
+    values = piece.numpy()
+    # a run continues where the label is the previous one + 1 (the next source row) or both are padding
+    goes_on = ((values[1:] == values[:-1] + 1) & (values[:-1] != 0)) | ((values[1:] == 0) & (values[:-1] == 0))
+    starts = [0, *(numpy.flatnonzero(~goes_on) + 1).tolist()]
+    for start, stop in zip(starts, [*starts[1:], len(values)]):
+        first, rows = int(values[start]), stop - start
+        if first == 0:
+            ranges.append(SourceRange(None, 0, rows * row_bytes[0]))
+        else:
+            k, row = divmod(first - 1, _SOURCE_STRIDE)
+            path, offset, _ = where[k]
+            ranges.append(SourceRange(path, offset + row * row_bytes[k], rows * row_bytes[k]))
+    return ranges
 
 
 def check_first_layer(directory: Path, specs: list[dict], tensors: list[PlannedTensor], source: ShardReader,

@@ -151,16 +151,42 @@ def weight_bytes(model) -> int:
     return sum(_tensor_bytes(t) for t in model.graph.initializer)
 
 
+EXTERNAL_MIN_BYTES = 1024  # initializers at least this large go to the external data file (as onnx.save_model's default)
+
+
 def save_graph(model, path: Path, *, limit: int = PROTOBUF_LIMIT) -> bool:
-    """Write the graph; weights go to `<name>.data` when over `limit` bytes. Returns that choice."""
-    import onnx
+    """Write the graph; weights go to `<name>.data` when over `limit` bytes. Returns that choice.
+
+    Both files are hashed as they are written (`artifacts.write_recorded`, `StreamHash`), so the
+    stage's manifest records them without reading gigabytes back. The external data follows the
+    ONNX external-data format (onnx/docs/ExternalData.md): each large initializer's raw bytes at
+    an offset of one file, named by `location`, `offset` and `length` entries; the raw bytes leave
+    the in-memory graph as they are written, so its memory goes down as the file grows.
+    """
+    from onnx import TensorProto
+
+    from nvlm_deploy.artifacts import StreamHash, remember, write_recorded
 
     external = weight_bytes(model) > limit
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=EXTERNAL_DATA_FILE, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+        data_path = path.parent / EXTERNAL_DATA_FILE
+        stream, offset = StreamHash(), 0
+        with open(data_path, "wb") as f:
+            for tensor in model.graph.initializer:
+                if tensor.data_location == TensorProto.EXTERNAL or len(tensor.raw_data) < EXTERNAL_MIN_BYTES:
+                    continue  # typed-field or small tensors stay inline, as onnx.save_model leaves them
+                raw = tensor.raw_data
+                f.write(raw)
+                stream.update_at(offset, raw)
+                del tensor.external_data[:]
+                for key, value in (("location", EXTERNAL_DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                tensor.data_location = TensorProto.EXTERNAL
+                tensor.ClearField("raw_data")
+                offset += len(raw)
+        remember(data_path, stream.finish(offset))
+    write_recorded(path, model.SerializeToString())
     return external
 
 

@@ -36,16 +36,24 @@ class OnnxVisionEncoder:
     Args:
         path: an onnx/ directory, a target directory holding onnx/, or the .onnx file.
         threads: intra-op threads of ONNX Runtime; None lets it choose.
+        spinning: let ONNX Runtime's idle worker threads spin-wait for work (its default). Off here by
+            default: in a server the spinning threads take the cores the decoder needs between calls.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
+    def __init__(self, path: str | Path, *, threads: int | None = None, spinning: bool = False):
         import onnxruntime as ort
 
+        from nvlm_deploy.contracts.target import verify_stage_dir
+
         self.path = resolve_onnx_path(path)
+        verify_stage_dir(self.path.parent)  # files as `convert vision` wrote them (sizes), before loading
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: bf16 graphs make it warn about every large Cast it keeps
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:  # documented session config keys of ONNX Runtime (onnxruntime_session_options_config_keys.h)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         (inp,), (out,) = self.session.get_inputs(), self.session.get_outputs()
         if (inp.name, out.name) != (INPUT_NAME, OUTPUT_NAME):

@@ -92,4 +92,8 @@ def relocate_repository(repo: str | Path, *, mounted_at: str | None = None) -> d
         tmp = path.with_name(f".config.pbtxt.tmp-{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
+    from nvlm_deploy.contracts.manifest import refresh_file_records
+
+    refresh_file_records(repo, RepositoryManifest, [f"{model}/config.pbtxt" for model in changed],
+                         writer="nvlm-deploy package")  # the manifest records the rewritten configs
     return changed

@@ -3,16 +3,28 @@
 Reading uses plain positioned reads (pages of a memory map would stay resident and count against
 the process); writing fixes the header up front from the tensors' specs, then places each tensor's
 bytes at its offset as soon as it is ready, so peak memory stays near the largest tensor.
+
+Writing is fast and self-describing: tensors that need no cast and whose piece is a run of whole
+rows of the source go file-to-file in the kernel (`os.copy_file_range`, else `os.sendfile`, else
+positioned reads and writes), the rest is written by a background thread (`BackgroundWriter`, a
+bounded queue) while the caller reads and splits the next tensor, and every file's sha256 is
+computed on the way (`artifacts.StreamHash`), so its manifest record never needs a second read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from nvlm_deploy.artifacts import FileRecord, StreamHash, remember
 from nvlm_deploy.errors import DeployError
 
 # safetensors header dtype codes (the file format's own table)
@@ -20,6 +32,9 @@ ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
              "U8": torch.uint8, "BOOL": torch.bool}
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+
+
+_open_lock = threading.Lock()
 
 
 class ShardReader:
@@ -59,6 +74,21 @@ class ShardReader:
             raise DeployError(f"{self.root}: tensor {name!r} has dtype {entry['dtype']}, which is not supported.")
         return ST_DTYPES[entry["dtype"]], tuple(entry["shape"])
 
+    def location(self, name: str) -> tuple[Path, int, int]:
+        """(shard path, absolute byte offset, byte count) of one tensor's data."""
+        shard = self.weight_map[name]
+        start, header = self._header(shard)
+        begin, end = header[name]["data_offsets"]
+        return self.root / shard, start + begin, end - begin
+
+    def fileno(self, shard_path: Path) -> int:
+        """An open descriptor of a shard (kernel copies and hashing threads share it; positioned I/O only)."""
+        shard = shard_path.name
+        with _open_lock:
+            if shard not in self._files:
+                self._files[shard] = open(self.root / shard, "rb")
+            return self._files[shard].fileno()
+
     def get(self, name: str) -> torch.Tensor:
         """The tensor in its stored dtype, in freshly allocated memory."""
         shard = self.weight_map[name]
@@ -80,8 +110,21 @@ class ShardReader:
         self._files.clear()
 
 
+@dataclass(frozen=True)
+class SourceRange:
+    """Bytes of a source file copied as they are into a tensor's place (None path: zeros, e.g. vocab padding)."""
+
+    path: Path | None
+    offset: int
+    nbytes: int
+
+
 class SafetensorsWriter:
-    """Writes one safetensors file tensor by tensor: the header is fixed up front from the specs."""
+    """Writes one safetensors file tensor by tensor: the header is fixed up front from the specs.
+
+    The file's sha256 is computed as the bytes go out (tensors written in header order; anything
+    else falls back to hashing by reading) and registered with `artifacts.remember` on `close`.
+    """
 
     def __init__(self, path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]):
         header, offset = {"__metadata__": {"format": "pt"}}, 0
@@ -93,23 +136,224 @@ class SafetensorsWriter:
         raw += b" " * (-len(raw) % 8)  # the format allows space padding; keeps data 8-byte aligned
         self.path, self.specs, self.header = path, specs, header
         self.data_start = 8 + len(raw)
+        self.size = self.data_start + offset
         self.written: set[str] = set()
+        self.hash = StreamHash()
         self.file = open(path, "wb")
-        self.file.write(struct.pack("<Q", len(raw)) + raw)
-        self.file.truncate(self.data_start + offset)
+        first = struct.pack("<Q", len(raw)) + raw
+        self.file.write(first)
+        self.hash.update_at(0, first)
+        self.file.truncate(self.size)
+        self.file.flush()
+        self.fd = self.file.fileno()
+
+    def _place(self, name: str) -> tuple[int, int]:
+        begin, end = self.header[name]["data_offsets"]
+        return self.data_start + begin, end - begin
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         dtype, shape = self.specs[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise AssertionError(f"{self.path.name}:{name} is {tensor.dtype}{tuple(tensor.shape)}, "
                                  f"its header says {dtype}{shape}")
-        self.file.seek(self.data_start + self.header[name]["data_offsets"][0])
+        offset, nbytes = self._place(name)
         if tensor.numel():
-            self.file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            data = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+            _pwrite_all(self.fd, data, offset)
+            self.hash.update_at(offset, data)
         self.written.add(name)
 
-    def close(self) -> None:
+    def copy(self, name: str, ranges: list[SourceRange], fds: Callable[[Path], int], *, start: int = 0,
+             whole: bool = True) -> None:
+        """Fill tensor `name` (from byte `start` of it) with source byte ranges, in the kernel.
+
+        `whole`: these ranges end the tensor (its size is checked then; earlier chunks pass False).
+        """
+        offset, nbytes = self._place(name)
+        end = start + sum(r.nbytes for r in ranges)
+        if end > nbytes or whole and end != nbytes:
+            raise AssertionError(f"{self.path.name}:{name}: source ranges end at byte {end}, the header says {nbytes}")
+        offset += start
+        for r in ranges:
+            if r.path is not None:
+                kernel_copy(fds(r.path), r.offset, self.fd, offset, r.nbytes)
+            offset += r.nbytes
+        if whole:
+            self.written.add(name)
+
+    def hash_ranges(self, name: str, ranges: list[SourceRange], fds: Callable[[Path], int], *, start: int = 0) -> None:
+        """Feed the hash with what `copy` put in place, read from the source's page cache (no second disk read)."""
+        offset = self._place(name)[0] + start
+        for r in ranges:
+            if r.path is None:  # zeros (the file was extended with truncate): hashed without a buffer
+                if self.hash.pos > offset:
+                    self.hash.valid = False
+                self.hash.zeros_to(offset + r.nbytes)
+            else:
+                for chunk in _mapped_chunks(fds(r.path), r.offset, r.nbytes):
+                    self.hash.update_at(offset, chunk)
+                    offset += len(chunk)
+                continue
+            offset += r.nbytes
+
+    def close(self) -> FileRecord | None:
+        """Close, check every planned tensor was written, register the file's record; returns it (None: unknown)."""
         self.file.close()
         unwritten = sorted(set(self.specs) - self.written)
         if unwritten:
             raise AssertionError(f"{self.path.name}: tensors never written: {unwritten[:10]}")
+        record = self.hash.finish(self.size)
+        if record is not None:
+            remember(self.path, record)
+        return record
+
+
+# ---- kernel-side copies and positioned I/O ----
+
+_CHUNK = 1 << 24  # 16 MiB: hashing reads and user-space copies go in pieces of this size
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    if not hasattr(_local, "buf"):
+        _local.buf = memoryview(bytearray(_CHUNK))
+    return _local.buf
+
+
+def _pread_chunks(fd: int, offset: int, nbytes: int):
+    """The bytes of [offset, offset + nbytes) in views of one reused buffer (valid until the next one)."""
+    buf = _buffer()
+    end = offset + nbytes
+    while offset < end:
+        n = os.preadv(fd, [buf[:min(_CHUNK, end - offset)]], offset)
+        if n <= 0:
+            raise DeployError(f"a source file ended early (fd {fd}, offset {offset}): it is truncated; re-copy it.")
+        yield buf[:n]
+        offset += n
+
+
+def _mapped_chunks(fd: int, offset: int, nbytes: int):
+    """The bytes of [offset, offset + nbytes) as views of read-only memory maps of the page cache (no
+    copy into this process), one window at a time so resident pages stay bounded; positioned reads
+    where mapping fails."""
+    import mmap
+
+    page, end = mmap.ALLOCATIONGRANULARITY, offset + nbytes
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    while offset < end:
+        base = offset - offset % page
+        length = min(end, base + _CHUNK) - base
+        try:
+            window = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=base)
+        except (OSError, ValueError):
+            yield from _pread_chunks(fd, offset, end - offset)
+            return
+        try:
+            with memoryview(window) as view, view[offset - base:length] as piece:
+                yield piece  # released when the caller asks for the next one, so the map can close
+        finally:
+            window.close()
+        offset = base + length
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    data = data.cast("B")
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbytes: int) -> None:
+    """Copy a byte range file to file without passing it through this process: copy_file_range, else
+    sendfile, else positioned reads and writes (filesystems or kernels without the first two)."""
+    done = 0
+    method = getattr(_local, "method", "copy_file_range")
+    while done < nbytes:
+        count = min(nbytes - done, 1 << 30)
+        try:
+            if method == "copy_file_range":
+                n = os.copy_file_range(src_fd, dst_fd, count, src_offset + done, dst_offset + done)
+            elif method == "sendfile":
+                os.lseek(dst_fd, dst_offset + done, os.SEEK_SET)
+                n = os.sendfile(dst_fd, src_fd, src_offset + done, count)
+            else:
+                n = 0
+                for chunk in _pread_chunks(src_fd, src_offset + done, count):
+                    _pwrite_all(dst_fd, chunk, dst_offset + done + n)
+                    n += len(chunk)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY or method == "pread":
+                raise
+            method = _local.method = "sendfile" if method == "copy_file_range" else "pread"
+            continue
+        if n == 0:
+            raise DeployError(f"a source file ended early (offset {src_offset + done}): it is truncated; re-copy it.")
+        done += n
+
+
+class BackgroundWriter:
+    """Background threads ("lanes") that run write jobs, each lane in submission order, holding at most
+    `budget` bytes of pending data across all lanes.
+
+    The producer reads, casts and splits the next tensor while the lanes write and hash the previous
+    ones. Jobs of one file must go to one lane (its hash is a stream); files on different lanes are
+    written and hashed in parallel (sha256 releases the GIL). An error in a job is raised in the
+    producer at its next `submit` / `wait_room` or at `close`.
+    """
+
+    def __init__(self, budget: int = 1 << 30, lanes: int = 1):
+        import queue
+
+        self.budget, self.pending = budget, 0
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.queues = [queue.Queue() for _ in range(max(1, lanes))]
+        self.threads = [threading.Thread(target=self._run, args=(q,), name=f"safetensors-writer-{i}", daemon=True)
+                        for i, q in enumerate(self.queues)]
+        for thread in self.threads:
+            thread.start()
+
+    def wait_room(self, nbytes: int) -> None:
+        """Block until `nbytes` more fit the budget (or nothing is pending): call before reading what
+        will be submitted, so a large piece still queued and the next tensor's sources never coexist
+        beyond the budget."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.error is not None or self.pending == 0
+                               or self.pending + nbytes <= self.budget)
+            self._raise()
+
+    def submit(self, nbytes: int, job: Callable[[], None], *, lane: int = 0) -> None:
+        self.wait_room(nbytes)
+        with self.cond:
+            self.pending += nbytes
+        self.queues[lane % len(self.queues)].put((nbytes, job))
+
+    def _run(self, jobs) -> None:
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            nbytes, job = item
+            try:
+                if self.error is None:
+                    job()
+            except BaseException as exc:  # handed to the producer
+                with self.cond:
+                    self.error = self.error or exc
+            with self.cond:
+                self.pending -= nbytes
+                self.cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def close(self) -> None:
+        """Wait for every job; raise the first error."""
+        for jobs in self.queues:
+            jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+        self._raise()

@@ -170,3 +170,108 @@ def test_config_dtype_names():
     config = TrtllmConfig.from_llm(llm, tp=2, pp=1, precision=precision("bf16"))
     assert config.head_size == 16 and config.as_dict()["mapping"]["tp_size"] == 2
     assert config.as_dict()["quantization"]["quant_algo"] is None
+
+
+# ---- file records, kernel copies, and what a loader refuses ----
+
+def test_manifest_records_every_file_hashed_while_written(tiny_checkpoint, tmp_path, monkeypatch):
+    import hashlib
+
+    from nvlm_deploy import artifacts
+
+    read_back = []
+    real = artifacts.file_sha256
+    monkeypatch.setattr(artifacts, "file_sha256", lambda p, **k: read_back.append(p.name) or real(p))
+    out = convert_llm_checkpoint(tiny_checkpoint, tmp_path, tp=2, pp=2)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert sorted(files) == ["config.json", *(f"rank{r}.safetensors" for r in range(4))]
+    for name, record in files.items():
+        assert record == {"bytes": (out / name).stat().st_size,
+                          "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
+    assert not [n for n in read_back if n.startswith("rank")]  # never read back to be hashed
+
+
+def test_unchanged_pieces_are_kernel_copies_and_give_the_same_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    from nvlm_deploy.contracts.target import Target
+    from nvlm_deploy.convert import llm_checkpoint
+    from nvlm_deploy.trtllm import safetensors_io
+    from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
+
+    _, plain = load_trtllm_checkpoint(convert_llm_checkpoint(tiny_checkpoint, tmp_path / "fp32", tp=4, dtype="fp32"))
+    copied = []
+    real = safetensors_io.kernel_copy
+    monkeypatch.setattr(safetensors_io, "kernel_copy", lambda *a: copied.append(a[-1]) or real(*a))
+    monkeypatch.setattr(llm_checkpoint, "COPY_CHUNK", 3000)  # many chunks per tensor, none page-aligned
+    out = convert_llm_checkpoint(tiny_checkpoint, tmp_path / "bf16", tp=4, dtype="bf16")
+    _, fast = load_trtllm_checkpoint(out)
+    # bf16 in the source (embedding, lm_head with vocab padding, MLP rows) passes through; fp32 q/k/v are cast
+    assert len(copied) > 100 and max(copied) <= 3000
+    assert set(fast) == set(plain) and all(torch.equal(fast[n], plain[n].to(torch.bfloat16)) for n in plain)
+    Target.of(out, stage="trtllm_checkpoint").manifest("trtllm_checkpoint", hashes=True)  # hashes made chunk by chunk
+
+
+def test_chunked_ranges_cover_the_same_bytes_in_order():
+    from nvlm_deploy.convert.llm_checkpoint import chunk_ranges
+    from nvlm_deploy.trtllm.safetensors_io import SourceRange
+
+    ranges = [SourceRange("a", 100, 250), SourceRange(None, 0, 30), SourceRange("b", 7, 95)]
+    chunks = chunk_ranges(ranges, 100)
+    assert [start for start, _ in chunks] == [0, 100, 200, 300] and all(sum(r.nbytes for r in c) <= 100 for _, c in chunks)
+    flat = [(r.path, r.offset + i) for _, c in chunks for r in c for i in range(r.nbytes) if r.path]
+    assert flat == [("a", 100 + i) for i in range(250)] + [("b", 7 + i) for i in range(95)]
+
+
+def _tampered(tp2pp2, tmp_path):
+    return shutil.copytree(tp2pp2, tmp_path / "trtllm_checkpoint")
+
+
+@pytest.mark.parametrize("keep_manifest", [True, False])
+def test_a_truncated_rank_file_is_refused_at_load(tp2pp2, tmp_path, keep_manifest):
+    from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
+
+    root = _tampered(tp2pp2, tmp_path)
+    if not keep_manifest:  # a checkpoint from other tools: the rank file's own header still tells
+        (root / "manifest.json").unlink()
+    victim = root / "rank1.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(DeployError, match="truncated") as exc:
+        load_trtllm_checkpoint(root)
+    assert str(victim) in str(exc.value) and "convert llm" in str(exc.value)
+
+
+@pytest.mark.parametrize("field, value, tensor", [
+    ("vocab_size", 1031, "transformer.vocab_embedding.weight"),  # same file size: only the shapes tell
+    ("hidden_size", 96, "transformer.vocab_embedding.weight"),
+])
+def test_a_config_that_no_longer_fits_the_rank_files_is_refused_at_load(tp2pp2, tmp_path, field, value, tensor):
+    from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
+
+    root = _tampered(tp2pp2, tmp_path)
+    config = json.loads((root / "config.json").read_text())
+    text = (root / "config.json").read_text().replace(f'"{field}": {config[field]}', f'"{field}": {value}')
+    (root / "config.json").write_text(text)
+    (root / "manifest.json").unlink()  # sizes alone may not catch it; the shapes must
+    with pytest.raises(DeployError, match=f"{tensor} is BF16") as exc:
+        load_trtllm_checkpoint(root)
+    assert f"{field} {value}" in str(exc.value) and "rank0.safetensors" in str(exc.value)
+
+
+@pytest.mark.parametrize("tp, pp", [(1, 1), (4, 2), (8, 3)])
+def test_piece_specs_are_rank_specs_without_meta_tensors(tp, pp):
+    """The converter's and the loader's header plan (row labels) equals rank_files.rank_specs (meta tensors)
+    at NVLM-D-72B's widths, vocabulary padding and KV-head duplication included."""
+    from nvlm_deploy.trtllm.checkpoint_check import _ShapesOnly, expected_rank_specs, hf_decoder_shapes
+    from nvlm_deploy.model.tiny import preset_config
+    from nvlm_deploy.trtllm.names import plan_tensors
+    from nvlm_deploy.trtllm.rank_files import RankLayout, rank_specs
+
+    llm = preset_config("72b").llm
+    config = TrtllmConfig.from_llm(llm, tp=tp, pp=pp, precision=precision("bf16"))
+    config = TrtllmConfig(**{**config.__dict__, "vocab_size": 152061})  # not a multiple of tp: padded
+    shapes = hf_decoder_shapes(config)
+    tensors = plan_tensors(list(shapes), num_layers=llm.num_hidden_layers)
+    layout = RankLayout(tp=tp, pp=pp, num_layers=llm.num_hidden_layers)
+    meta = rank_specs(tensors, _ShapesOnly(shapes, torch.bfloat16), layout, dtype=torch.bfloat16,
+                      num_kv_heads=llm.num_key_value_heads)
+    ours = expected_rank_specs(config, layout)
+    assert [list(s.items()) for s in ours] == [list(s.items()) for s in meta]  # same tensors, shapes and order

@@ -1,0 +1,105 @@
+"""Wall time and peak memory of `convert llm` at tp 1 and tp 4 against a plain copy of the same bytes.
+
+Issue #12 item 5: conversion within 1.5x a plain copy at tp 1 and 2x at tp 4, peak memory unchanged.
+The source is llm_convert_memory.py's synthetic 2-layer decoder with NVLM-D-72B's widths (8.8 GB: q/k/v
+fp32, the rest bf16, as NVLM-D-72B stores them) or, with `quick`, the same layout at a quarter of the
+widths (about 1.3 GB). Each case runs in a fresh process (peak RSS = ru_maxrss, its own): a plain copy
+(`shutil.copyfile`, which the kernel does with sendfile), the conversion to bf16 at tp 1 and at tp 4,
+and the copy again; the faster copy is the baseline. The conversion includes what it always does:
+the fp32 -> bf16 cast of q/k/v, the sha256 of every file written (for the manifest), the self-check
+of layer 0. The tp 4 output is larger than the source (the embedding is replicated on every rank).
+
+    .venv/bin/python benchmarks/llm_convert_speed.py [--quick] [--workdir DIR] [--keep]
+
+Writes benchmarks/results/llm_convert_speed.json and prints a markdown table. The full case writes
+~25 GB to the workdir's disk over its run and needs ~3 GB of RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.llm_convert_memory import GB, QUICK_WIDTHS, measure, write_checkpoint  # noqa: E402
+
+NAME = "llm_convert_speed"
+RESULTS = Path(__file__).parent / "results" / f"{NAME}.json"
+GOALS = {"convert tp1": 1.5, "convert tp4": 2.0}  # x the copy's wall time (#12 item 5)
+# Peak RSS before this work (2.8 GB at 72B widths: the largest tensor, the 2.49 GB embedding, read whole);
+# llm_convert_memory.json of 2026-11-22.
+PEAK_RSS_BEFORE_GB = 2.80
+
+
+def run(workdir: Path, quick: bool = False) -> dict:
+    """Copy vs convert tp1 vs convert tp4 on the same source: wall time and peak RSS."""
+    import time
+
+    work = Path(workdir)
+    shutil.rmtree(work / "model", ignore_errors=True)
+    start = time.perf_counter()
+    source = write_checkpoint(work / "model", **(QUICK_WIDTHS if quick else {}))
+    source["write_s"] = round(time.perf_counter() - start, 1)
+    rows = [measure("copy", work / "model", work / "copy"),
+            measure("convert", work / "model", work / "tp1", tp=1),
+            measure("convert", work / "model", work / "tp4", tp=4),
+            measure("copy", work / "model", work / "copy")]
+    copy_s = min(r["wall_s"] for r in rows if r["case"] == "copy")
+    table, met = [], True
+    for r in rows:
+        ratio = r["wall_s"] / copy_s
+        goal = GOALS.get(r["case"])
+        ok = None if goal is None else ratio <= goal
+        met = met and ok is not False
+        table.append({"case": r["case"], "wall s": round(r["wall_s"], 2), "x copy": round(ratio, 2),
+                      "goal x copy": goal or "", "met": "" if ok is None else ok,
+                      "peak RSS GB": round(r["peak_rss_bytes"] / GB, 2),
+                      "RSS after imports GB": round(r["rss_after_imports_bytes"] / GB, 2),
+                      "output GB": round(r["output_bytes"] / GB, 2)})
+    widths = "a quarter of NVLM-D-72B's widths" if quick else "NVLM-D-72B's widths"
+    return {
+        "name": NAME,
+        "title": f"Decoder conversion vs a plain copy ({widths}, 2 layers, {source['total_bytes'] / GB:.2f} GB)",
+        "goal": "convert tp1 <= 1.5x copy, tp4 <= 2x copy (same run), peak RSS not above the earlier "
+                f"{PEAK_RSS_BEFORE_GB} GB at full widths",
+        "met": met,
+        "rows": table,
+        "samples": {"wall_s": [r["wall_s"] for r in rows]},
+        "notes": (f"source {source['total_bytes'] / GB:.2f} GB in {source['shards']} shards, largest tensor "
+                  f"{source['largest_tensor']} {source['largest_tensor_bytes'] / GB:.2f} GB; cpus {os.cpu_count()}; "
+                  "copy = shutil.copyfile (kernel sendfile), the faster of the two copies is the baseline; "
+                  "each case a fresh process. Shared machine: ratios are side by side in one run, absolute "
+                  "times vary between runs."),
+        "source": source,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of the widths (~1.3 GB source)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/nvlm-llm-speed"))
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(args.workdir, quick=args.quick)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    columns = list(result["rows"][0])
+    print(f"## {result['title']}\n")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in result["rows"]:
+        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    print(f"\ngoal: {result['goal']} -> met: {result['met']}\n\n{result['notes']}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
