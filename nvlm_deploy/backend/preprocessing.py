@@ -25,16 +25,22 @@ class PreprocessingHandler:
         limits: the repository's limits.
         pixel_dtype: Triton data type of PIXEL_VALUES (a precision NumPy has).
         allow_remote_urls: fetch http(s) image URLs (package --allow-image-urls); data: URLs always work.
+        exif_transpose: turn images as their EXIF orientation says (package --exif-rotate; HF does not).
+        special_tokens_in_text: "escape" or "refuse" control tokens written in the request's text
+            (package --special-tokens-in-text; preprocess.tokenizer.SPECIAL_TOKEN_POLICIES).
     """
 
     def __init__(self, assets_dir: str | Path, *, limits: DeploymentLimits, pixel_dtype: str = "TYPE_FP32",
-                 allow_remote_urls: bool = False):
+                 allow_remote_urls: bool = False, exif_transpose: bool = False,
+                 special_tokens_in_text: str | None = None):
         from nvlm_deploy.preprocess.request import Preprocessor
 
         self.limits = limits
         self.preprocessor = Preprocessor.from_model_dir(assets_dir, max_tiles=limits.max_tiles_before_thumbnail,
-                                                        max_images=limits.max_images)
+                                                        max_images=limits.max_images, exif_transpose=exif_transpose,
+                                                        special_tokens_in_text=special_tokens_in_text)
         self.tokenizer = self.preprocessor.tokenizer
+        self.max_prompt_bytes = limits.max_prompt_bytes(self.tokenizer.longest_token_bytes())
         self.pixel_dtype = from_triton(pixel_dtype).numpy_dtype()
         self.allow_remote_urls = allow_remote_urls
 
@@ -42,12 +48,14 @@ class PreprocessingHandler:
     def from_parameters(cls, root: Path, params: Mapping[str, str]) -> "PreprocessingHandler":
         return cls(root / params["assets_dir"], limits=rq.repository_limits(root),
                    pixel_dtype=params["pixel_values_data_type"],
-                   allow_remote_urls=params.get("allow_remote_image_urls") == "true")
+                   allow_remote_urls=params.get("allow_remote_image_urls") == "true",
+                   exif_transpose=params.get("exif_transpose") == "true",
+                   special_tokens_in_text=params.get("special_tokens_in_text") or None)
 
     def run(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         """Triton tensors in (the client-fed ones of contracts.client_tensors),
         tensors out, each with batch dimension 1."""
-        prompt = rq.text(inputs.get("QUERY"), name="text_input")
+        prompt = rq.text(inputs.get("QUERY"), name="text_input", max_bytes=self.max_prompt_bytes)
         rq.refuse_unsupported(inputs)
         # images in order: encoded files, then decoded pixels, then URLs
         images = [*rq.image_files(inputs.get("IMAGE_FILES"), inputs.get("IMAGE_FILES_LENGTHS")),
@@ -66,7 +74,8 @@ class PreprocessingHandler:
             "INPUT_ID": ids,
             "REQUEST_INPUT_LEN": np.array([[ids.shape[1]]], dtype=np.int32),
             "REQUEST_OUTPUT_LEN": np.array([[out_len]], dtype=np.int32),
-            "PIXEL_VALUES": prepared.pixel_values.astype(self.pixel_dtype)[None],  # [1, T, 3, S, S]
+            # [1, T, 3, S, S]; already float32 (the compute precision): no copy unless the repository asks another
+            "PIXEL_VALUES": np.asarray(prepared.pixel_values, dtype=self.pixel_dtype)[None],
             "OUT_END_ID": np.array([[int(end_id)]], dtype=np.int32),
             "OUT_PAD_ID": np.array([[int(pad_id)]], dtype=np.int32),
         }

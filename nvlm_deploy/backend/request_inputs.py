@@ -43,10 +43,13 @@ def first(array: np.ndarray | None, default=None):
     return flat[0].item() if hasattr(flat[0], "item") else flat[0]
 
 
-def text(array: np.ndarray | None, *, name: str = "text_input") -> str:
+def text(array: np.ndarray | None, *, name: str = "text_input", max_bytes: int | None = None) -> str:
     value = first(array)
     if value is None:
         raise RequestError(f"{name} is missing; send the prompt as a [1, 1] BYTES tensor.")
+    if max_bytes is not None and len(value) > max_bytes:  # before decoding or tokenizing it
+        raise RequestError(f"{name} is {len(value):,} bytes, more than can fit this repository's max_input_len "
+                           f"(at most {max_bytes:,} bytes); shorten the text.")
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -79,10 +82,16 @@ def chat_history(array: np.ndarray | None) -> list[tuple[str, str]]:
 
 
 def image_files(array: np.ndarray | None, lengths: np.ndarray | None = None) -> list[bytes]:
-    """Encoded image files from `image_files_input` [1, n, max_bytes] (+ `image_files_lengths` [1, n])."""
-    if array is None or np.asarray(array).size == 0:
+    """Encoded image files from `image_files_input` [1, n, max_bytes] (+ `image_files_lengths` [1, n]).
+
+    n = 0 means no images; an image of 0 bytes (max_bytes 0, or a length 0) is kept, and refused by name
+    when it is decoded ("image #k of the request is empty"), never dropped.
+    """
+    if array is None:
         return []
     data = np.asarray(array, dtype=np.uint8)
+    if data.size == 0 and (data.ndim < 2 or data.shape[-2] == 0):
+        return []  # no images (an image of 0 bytes still has its row)
     if data.ndim == 3:
         if data.shape[0] != 1:
             raise RequestError(f"image_files_input has batch size {data.shape[0]}; one request per row.")
@@ -102,15 +111,20 @@ def pixel_images(array: np.ndarray | None) -> list:
     """Decoded RGB images from `image_bytes_input` (tensorrtllm_backend: uint8 [1, N, H, W, 3]) as PIL images."""
     from PIL import Image
 
-    if array is None or np.asarray(array).size == 0:
+    if array is None:
         return []
     data = np.asarray(array)
     if data.ndim == 4:  # [N, H, W, C] without the batch dimension
         data = data[None]
+    if data.size == 0 and (data.ndim != 5 or data.shape[1] == 0):
+        return []  # no images
     if data.ndim != 5 or data.shape[0] != 1 or data.shape[-1] != 3 or data.dtype != np.uint8:
         raise RequestError(f"image_bytes_input must be decoded RGB pixels, uint8 [1, num_images, height, width, 3] "
                            f"(tensorrtllm_backend's layout), got {data.dtype} {list(data.shape)}; send encoded "
                            "files (PNG, JPEG) as image_files_input instead.")
+    if data.size == 0:
+        raise RequestError(f"image_bytes_input holds {data.shape[1]} image(s) of {data.shape[3]}x{data.shape[2]} "
+                           "pixels; send non-empty images.")
     return [Image.fromarray(np.ascontiguousarray(image), mode="RGB") for image in data[0]]
 
 
@@ -119,10 +133,10 @@ def url_images(array: np.ndarray | None, *, allow_remote: bool, max_bytes: int, 
     if array is None or np.asarray(array).size == 0:
         return []
     out = []
-    for value in np.asarray(array).reshape(-1):
+    for k, value in enumerate(np.asarray(array).reshape(-1)):
         url = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if url.startswith("data:"):
-            out.append(_data_url(url))
+            out.append(_data_url(url, name=f"image_url_input #{k + 1}"))
         elif url.startswith(("http://", "https://")):
             if not allow_remote:
                 raise RequestError(f"image_url_input {url[:80]!r}: this repository does not fetch remote images; "
@@ -134,13 +148,13 @@ def url_images(array: np.ndarray | None, *, allow_remote: bool, max_bytes: int, 
     return out
 
 
-def _data_url(url: str) -> bytes:
+def _data_url(url: str, *, name: str) -> bytes:
     from nvlm_deploy.preprocess.image import data_url_bytes
 
     try:
         return data_url_bytes(url)
     except DeployError as exc:
-        raise RequestError(str(exc)) from None
+        raise RequestError(f"{name}: {exc}") from None
 
 
 def _fetch(url: str, *, max_bytes: int, timeout_s: float) -> bytes:

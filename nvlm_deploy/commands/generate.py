@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--dtype", default="fp32", choices=PRECISION_CHOICES,
                      help="compute precision of the reference model (default fp32)")
     opt.add_argument("--max-tiles", type=int, default=None, help="tiles per image (default: the config's)")
+    opt.add_argument("--max-images", type=int, default=None,
+                     help="images per request (default: the deployment limits' default, 1)")
     opt.add_argument("--max-pixels", type=int, default=None,
                      help="largest width x height accepted per image (default 64 megapixels)")
     opt.add_argument("--system-message", default=None, help="chatml system message (default 'Answer the questions.')")
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from nvlm_deploy.model.generate import ReferencePipeline
 
     pipeline = ReferencePipeline.from_model_dir(args.model, dtype=args.dtype, max_tiles=args.max_tiles,
-                                                max_pixels=args.max_pixels, system_message=args.system_message)
+                                                max_images=args.max_images, max_pixels=args.max_pixels,
+                                                system_message=args.system_message)
     print(pipeline.generate(args.prompt, args.image, max_new_tokens=args.max_new_tokens))
     return 0

@@ -1,7 +1,8 @@
 """Image parts -> encoded image files: base64 `data:` URLs always, http(s) URLs only when allowed.
 
-Every image is checked to be one (PIL reads its header) before the request goes to Triton, so a
-part that is not an image is refused with its place in the request. Remote images are fetched with
+Every image is checked to be one (PIL reads its header, trying only the raster formats preprocessing
+accepts) before the request goes to Triton, so a part that is not an image (SVG, EPS, PDF, an empty
+or over-large file) is refused with its place in the request, by the same rules as the server. Remote images are fetched with
 a byte limit and a timeout; fetching is off unless the operator turns it on, because it lets any
 client make this server open URLs.
 """
@@ -9,7 +10,6 @@ client make this server open URLs.
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,16 +37,17 @@ def decode_data_url(url: str, *, param: str, max_bytes: int = DEFAULT_MAX_IMAGE_
         raise OpenAIError(f"{param}: {exc}", param=param) from None
 
 
-def check_image(data: bytes, *, param: str) -> bytes:
-    """`data` if PIL recognizes it as an image file (only the header is read)."""
-    from PIL import Image, UnidentifiedImageError
+def check_image(data: bytes, *, param: str, max_pixels: int | None = None) -> bytes:
+    """`data` if it is an image the server will decode (preprocess.image.open_image: only the header is
+    read, only accepted raster formats are tried, empty files and over-large sizes are refused)."""
+    from nvlm_deploy.errors import DeployError
+    from nvlm_deploy.preprocess.image import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.size  # noqa: B018  (parsed from the header)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise OpenAIError(f"{param} is not an image file this server can read ({exc}); send a PNG, JPEG, WebP "
-                          "or GIF.", param=param, code="invalid_image") from None
+        image, _ = open_image(data, max_pixels=max_pixels, name=param)
+    except DeployError as exc:
+        raise OpenAIError(str(exc), param=param, code="invalid_image") from None
+    image.close()
     return data
 
 

@@ -16,13 +16,12 @@ import numpy as np
 from PIL import Image
 
 from nvlm_deploy.config import NvlmConfig
+from nvlm_deploy.contracts.limits import DEFAULT_MAX_IMAGES
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.preprocess.image import ImageInput, load_image
-from nvlm_deploy.preprocess.prompt import build_prompt
-from nvlm_deploy.preprocess.tiling import dynamic_tiles, normalize
-from nvlm_deploy.preprocess.tokenizer import Tokenizer
-
-DEFAULT_MAX_IMAGES = 8  # 8 images x 7 tiles x 261 tokens ~ 14.6k prompt tokens
+from nvlm_deploy.preprocess.prompt import prompt_segments
+from nvlm_deploy.preprocess.tiling import dynamic_tiles, num_tiles, tile_pixel_values
+from nvlm_deploy.preprocess.tokenizer import DEFAULT_SPECIAL_TOKEN_POLICY, SPECIAL_TOKEN_POLICIES, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,17 @@ class Preprocessor:
         max_tiles: most tiles per image before the thumbnail (HF `max_num`); None: the config's
             max_dynamic_patch (6 for NVLM-D).
         max_pixels: largest width*height per image; None: image.DEFAULT_MAX_PIXELS.
-        max_images: most images per request; None: DEFAULT_MAX_IMAGES.
+        max_images: most images per request; None: contracts.limits.DEFAULT_MAX_IMAGES.
         system_message: None: "Answer the questions.".
+        exif_transpose: turn images as their EXIF orientation says (HF does not; off by default).
+        special_tokens_in_text: "escape" (default: control tokens written in the request's text are
+            tokenized as plain text) or "refuse" (such a request is an error); never obeyed.
     """
 
     def __init__(self, config: NvlmConfig, tokenizer: Tokenizer, *, max_tiles: int | None = None,
                  max_pixels: int | None = None, max_images: int | None = None,
-                 system_message: str | None = None):
+                 system_message: str | None = None, exif_transpose: bool = False,
+                 special_tokens_in_text: str | None = None):
         self.config = config
         self.tokenizer = tokenizer
         self.min_tiles = config.min_dynamic_patch if config.dynamic_image_size else 1
@@ -56,6 +59,11 @@ class Preprocessor:
         self.max_pixels = max_pixels
         self.max_images = DEFAULT_MAX_IMAGES if max_images is None else max_images
         self.system_message = system_message
+        self.exif_transpose = exif_transpose
+        self.special_tokens_in_text = special_tokens_in_text or DEFAULT_SPECIAL_TOKEN_POLICY
+        if self.special_tokens_in_text not in SPECIAL_TOKEN_POLICIES:
+            raise DeployError(f"special_tokens_in_text must be one of {list(SPECIAL_TOKEN_POLICIES)}, "
+                              f"got {special_tokens_in_text!r}.")
         _check_positive(max_pixels=max_pixels, max_images=self.max_images)
 
     @classmethod
@@ -77,22 +85,35 @@ class Preprocessor:
             history: earlier turns as (role, content) pairs (prompt.chatml).
         """
         images = self._check_request(prompt, images)
-        tiles = [self.tiles(image, name=f"image #{k + 1} of the request") for k, image in enumerate(images)]
-        tiles_per_image = tuple(len(t) for t in tiles)
-        text = build_prompt(prompt, tiles_per_image, tokens_per_tile=self.tokens_per_tile,
-                            system_message=self.system_message, history=history)
+        rgbs = [self.load(image, name=f"image #{k + 1} of the request") for k, image in enumerate(images)]
+        tiles_per_image = tuple(self.num_tiles(rgb) for rgb in rgbs)
+        segments = prompt_segments(prompt, tiles_per_image, tokens_per_tile=self.tokens_per_tile,
+                                   system_message=self.system_message, history=history)
         num_image_tokens = sum(tiles_per_image) * self.tokens_per_tile
-        input_ids = self._image_slots(self.tokenizer.encode(text), num_image_tokens)
+        ids = self.tokenizer.encode_segments(segments, policy=self.special_tokens_in_text)
+        input_ids = self._image_slots(ids, num_image_tokens)
         size = self.config.image_size
-        pixel_values = (normalize([tile for image_tiles in tiles for tile in image_tiles]) if tiles
-                        else np.zeros((0, 3, size, size), dtype=np.float32))  # [T_total, 3, S, S]
+        pixel_values = np.empty((sum(tiles_per_image), 3, size, size), dtype=np.float32)  # [T_total, 3, S, S]
+        start = 0
+        for rgb, count in zip(rgbs, tiles_per_image):  # each image's tiles written in place, once
+            tile_pixel_values(rgb, image_size=size, min_num=self.min_tiles, max_num=self.max_tiles,
+                              use_thumbnail=self.config.use_thumbnail, out=pixel_values[start:start + count])
+            start += count
         return PreparedRequest(input_ids=input_ids, pixel_values=pixel_values,
                                tiles_per_image=tiles_per_image, num_image_tokens=num_image_tokens)
 
+    def load(self, image: ImageInput, *, name: str | None = None) -> Image.Image:
+        """One image decoded to RGB with this preprocessor's checks (image.load_image)."""
+        return load_image(image, max_pixels=self.max_pixels, name=name, exif_transpose=self.exif_transpose)
+
+    def num_tiles(self, rgb: Image.Image) -> int:
+        """Tiles of one decoded image, thumbnail included."""
+        return num_tiles(*rgb.size, image_size=self.config.image_size, min_num=self.min_tiles,
+                         max_num=self.max_tiles, use_thumbnail=self.config.use_thumbnail)
+
     def tiles(self, image: ImageInput, *, name: str | None = None) -> list[Image.Image]:
-        """Decode one image and cut it into PIL tiles (thumbnail last)."""
-        rgb = load_image(image, max_pixels=self.max_pixels, name=name)
-        return dynamic_tiles(rgb, image_size=self.config.image_size, min_num=self.min_tiles,
+        """Decode one image and cut it into PIL tiles (thumbnail last); `prepare` skips the PIL tiles."""
+        return dynamic_tiles(self.load(image, name=name), image_size=self.config.image_size, min_num=self.min_tiles,
                              max_num=self.max_tiles, use_thumbnail=self.config.use_thumbnail)
 
     def _check_request(self, prompt: str, images: Sequence[ImageInput]) -> list[ImageInput]:
@@ -115,8 +136,7 @@ class Preprocessor:
         if found != num_image_tokens:
             raise DeployError(
                 f"the tokenized prompt has {found} <|vision_pad|> tokens but the images need {num_image_tokens} "
-                f"({self.tokens_per_tile} per tile); the prompt text must not contain <|vision_pad|> itself, "
-                "and the tokenizer must keep <|vision_pad|> as one special token."
+                f"({self.tokens_per_tile} per tile); the tokenizer must keep <|vision_pad|> as one special token."
             )
         out, k = [], self.config.llm.vocab_size
         for i in ids:

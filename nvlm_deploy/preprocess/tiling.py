@@ -108,11 +108,59 @@ def dynamic_tiles(
 def normalize(tiles: list[Image.Image]) -> np.ndarray:
     """torchvision ToTensor + Normalize(ImageNet) on each tile, in float32 -> [T, 3, S, S].
 
-    Same float32 operations in the same order as torchvision: x/255, then (x - mean) / std with
-    mean and std rounded to float32 first, so the values are bit-identical.
+    Same float32 values as torchvision (see NORMALIZED): bit-identical.
     """
-    pixels = np.stack([np.asarray(tile.convert("RGB"), dtype=np.uint8) for tile in tiles])  # [T, S, S, 3]
-    pixels = pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)  # [T, 3, S, S]
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std)
+    if not tiles:
+        raise ValueError("normalize needs at least one tile")
+    out = np.empty((len(tiles), 3, *tiles[0].size[::-1]), dtype=np.float32)  # [T, 3, S, S]
+    for tile, dest in zip(tiles, out):
+        normalize_into(dest, np.asarray(tile if tile.mode == "RGB" else tile.convert("RGB")))
+    return out
+
+
+def tile_pixel_values(image: Image.Image, *, image_size: int, min_num: int, max_num: int, use_thumbnail: bool,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """`normalize(dynamic_tiles(image, ...))` without the PIL tiles: the same values, written once.
+
+    The work is HF's two resizes (grid, thumbnail), one uint8 view each, and a table lookup per
+    channel straight into `out` (no float32 temporaries, no tile copies).
+
+    Args:
+        image: RGB PIL image.
+        image_size, min_num, max_num, use_thumbnail: as dynamic_tiles.
+        out: float32 [T, 3, S, S] to fill (T = num_tiles(...)); None: a new array.
+    """
+    width, height = image.size
+    cols, rows = tile_grid(width, height, image_size=image_size, min_num=min_num, max_num=max_num)
+    count = cols * rows + (1 if use_thumbnail and cols * rows != 1 else 0)
+    if out is None:
+        out = np.empty((count, 3, image_size, image_size), dtype=np.float32)
+    if out.shape != (count, 3, image_size, image_size) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {[count, 3, image_size, image_size]}, got {out.dtype} {list(out.shape)}")
+    grid = np.asarray(image.resize((image_size * cols, image_size * rows), Image.Resampling.BICUBIC))  # [rows*S, cols*S, 3]
+    for index in range(cols * rows):  # row-major, as dynamic_tiles crops
+        top, left = (index // cols) * image_size, (index % cols) * image_size
+        normalize_into(out[index], grid[top:top + image_size, left:left + image_size])
+    if count != cols * rows:
+        normalize_into(out[-1], np.asarray(image.resize((image_size, image_size), Image.Resampling.BICUBIC)))
+    return out
+
+
+def _lookup_table() -> np.ndarray:
+    """[3, 256] float32: NORMALIZED[c, v] = (v / 255 - mean[c]) / std[c], torchvision's float32 ops in its order
+    (ToTensor: .div(255); Normalize: .sub_(mean).div_(std), mean and std rounded to float32 first)."""
+    values = np.arange(256, dtype=np.float32) / np.float32(255)  # [256]
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None]
+    return (values[None, :] - mean) / std
+
+
+# Each float32 op is correctly rounded, so a pixel's value depends on its byte alone: looking it up
+# gives the very bits the full-size arithmetic would.
+NORMALIZED = _lookup_table()
+
+
+def normalize_into(dest: np.ndarray, pixels: np.ndarray) -> None:
+    """dest float32 [3, S, S] <- normalized uint8 pixels [S, S, 3] (a strided view is fine)."""
+    for channel in range(3):
+        np.take(NORMALIZED[channel], pixels[:, :, channel], out=dest[channel], mode="wrap")  # uint8: never wraps

@@ -19,6 +19,12 @@ SPECIAL_TOKENS = (
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
 IMAGE_PAD = "<|vision_pad|>"  # NVLM-D's image context token
+# What happens to control tokens (any added token: <|im_end|>, <|vision_pad|>, ...) written in a request's text:
+# "escape" tokenizes them as the plain text they are; "refuse" rejects the request. Never obeyed.
+SPECIAL_TOKEN_POLICIES = ("escape", "refuse")
+DEFAULT_SPECIAL_TOKEN_POLICY = "escape"
+# Text HF's template writes around image pads (plain text there, so plain text here); "refuse" refuses it too.
+RESERVED_TEXT = r"</?Image>|<tile_(?:\d+|global_thumbnail)>"
 EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
 # Qwen2's pre-tokenizer split (public tokenizer.json of Qwen2/Qwen2.5)
@@ -109,6 +115,7 @@ class Tokenizer:
         self.image_pad_id = self.token_id(IMAGE_PAD)
         added = hf_tokenizer.get_added_tokens_decoder()
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.control_ids = frozenset(added)  # every added token, special or not: never from request text
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "Tokenizer":
@@ -132,6 +139,11 @@ class Tokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def longest_token_bytes(self) -> int:
+        """UTF-8 bytes of the vocabulary's longest token string (byte-level tokens count 1-2 bytes per
+        byte they stand for: an upper bound on the text one token covers)."""
+        return max(len(token.encode("utf-8")) for token in self._tok.get_vocab(with_added_tokens=True))
+
     def token_id(self, token: str) -> int:
         idx = self._tok.token_to_id(token)
         if idx is None:
@@ -141,6 +153,66 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids; special tokens written in the text (<|im_start|> ...) map to their ids."""
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` as plain text: written control tokens become the BPE pieces of their characters.
+
+        The pipeline `encode` runs on the text between added tokens (normalizer, pre-tokenizer, BPE model),
+        so text without control tokens gets exactly `encode`'s ids.
+        """
+        tok = self._tok
+        if tok.normalizer is not None:
+            text = tok.normalizer.normalize_str(text)
+        pieces = tok.pre_tokenizer.pre_tokenize_str(text) if tok.pre_tokenizer is not None else [(text, None)]
+        return [token.id for piece, _ in pieces for token in tok.model.tokenize(piece)]
+
+    def encode_segments(self, segments, *, policy: str = DEFAULT_SPECIAL_TOKEN_POLICY) -> list[int]:
+        """Ids of a prompt given as `prompt.Segment`s: control segments as control tokens, text as text.
+
+        Text next to text is encoded together (HF encodes the text between control tokens as one piece,
+        so a prompt without control tokens in its text gets exactly `encode(full text)`).
+
+        Args:
+            segments: (text, control, source) in order.
+            policy: what control tokens (and RESERVED_TEXT, for "refuse") in text do: SPECIAL_TOKEN_POLICIES.
+        """
+        if policy not in SPECIAL_TOKEN_POLICIES:
+            raise DeployError(f"special-token policy {policy!r} is not one of {list(SPECIAL_TOKEN_POLICIES)}.")
+        ids: list[int] = []
+        run: list = []
+        for segment in [*segments, None]:
+            if segment is not None and not segment.control:
+                run.append(segment)
+                continue
+            if run:
+                ids += self._encode_text(run, policy=policy)
+                run = []
+            if segment is not None:
+                ids += self._encode_control(segment.text)
+        return ids
+
+    def _encode_text(self, run, *, policy: str) -> list[int]:
+        import re
+
+        text = "".join(segment.text for segment in run)
+        ids = self.encode(text)
+        forged = [i for i in ids if i in self.control_ids]
+        if policy == "refuse":
+            for segment in run:
+                found = ([self._tok.id_to_token(i) for i in self.encode(segment.text) if i in self.control_ids]
+                         + re.findall(RESERVED_TEXT, segment.text))
+                if found and segment.source:
+                    raise DeployError(
+                        f"{segment.source} contains {found[0]!r}, which is part of the chat template, not text; "
+                        "this server refuses control tokens in requests: remove it (or ask the operator to "
+                        "package with --special-tokens-in-text escape, which reads it as plain text).")
+        return self.encode_plain(text) if forged else ids
+
+    def _encode_control(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        if not ids or any(i not in self.control_ids for i in ids):
+            raise ValueError(f"template segment {text[:40]!r} is not made of control tokens only")
+        return ids
 
     def decode(self, ids, *, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

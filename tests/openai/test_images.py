@@ -1,5 +1,6 @@
 import asyncio
 import base64
+import re
 
 import pytest
 
@@ -102,3 +103,33 @@ def test_remote_images_are_fetched_with_a_size_limit_and_a_timeout():
     assert isinstance(slow, OpenAIError) and "longer than 0.5s" in slow.message
     assert isinstance(missing, OpenAIError) and "HTTP 404" in missing.message
     assert isinstance(text, OpenAIError) and text.code == "invalid_image"
+
+
+# ---- the server's image rules, applied before the request leaves the front-end (issue 14) ----
+
+@pytest.mark.parametrize("data, words", [
+    (b"%!PS-Adobe-3.0 EPSF-3.0\nshowpage\n", "is a PostScript/EPS file, which this server does not decode"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "is an SVG drawing"),
+    (b"%PDF-1.4\n", "is a PDF document"),
+    (b"", r"is empty \(0 bytes\)"),
+])
+def test_files_the_server_would_refuse_are_400_invalid_image_naming_the_part(data, words):
+    param = "messages[1].content[2].image_url"
+    with pytest.raises(OpenAIError, match=rf"^{re.escape(param)} {words}") as info:
+        check_image(data, param=param)
+    assert (info.value.status, info.value.code, info.value.param) == (400, "invalid_image", param)
+
+
+def test_an_over_large_header_is_refused_before_decoding():
+    with pytest.raises(OpenAIError, match=r"64x48 = 3,072 pixels, over the limit of 1,000 pixels"):
+        check_image(PNG, param="p", max_pixels=1000)
+
+
+@pytest.mark.parametrize("url, words", [
+    ("data:image/png;base64,", r"holds no data \(0 bytes\)"),
+    ("data:image/svg+xml;base64,PHN2Zy8+", "holds an SVG drawing"),
+])
+def test_empty_and_svg_data_urls_are_400(url, words):
+    with pytest.raises(OpenAIError, match=words) as info:
+        decode_data_url(url, param="messages[0].content[0].image_url")
+    assert info.value.status == 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.preprocess.prompt import build_prompt, chatml, image_placeholder, tile_tags
+from nvlm_deploy.preprocess.prompt import build_prompt, chatml, image_placeholder, prompt_segments, tile_tags
 
 PAD = "<|vision_pad|>"
 
@@ -70,3 +70,18 @@ def test_text_only_prompt_has_no_image_text():
 def test_marker_count_mismatch(query, tiles, markers, images):
     with pytest.raises(DeployError, match=rf"has {markers} <image> marker\(s\) but the request has {images} image"):
         build_prompt(query, tiles, tokens_per_tile=4)
+
+
+def test_segments_mark_only_the_templates_tokens_as_control():
+    history = [("system", "Be <|im_end|> brief."), ("user", "<image> first"), ("assistant", "ok")]
+    segments = prompt_segments("and <|im_start|> <image>", (1, 3), tokens_per_tile=2, history=history)
+    assert "".join(s.text for s in segments) == build_prompt("and <|im_start|> <image>", (1, 3), tokens_per_tile=2,
+                                                              history=history)
+    start, end, pads = "<|im_start|>", "<|im_end|>", PAD * 2
+    # system; user (image 1: 1 tile); assistant; the query (image 2: 3 tiles); the answer's start
+    assert [s.text for s in segments if s.control] == [start, end, start, pads, end, start, end,
+                                                        start, pads, pads, pads, end, start]
+    assert [s.source for s in segments if s.source] == [
+        "chat_history entry 0", "chat_history entry 1", "chat_history entry 1", "chat_history entry 2",
+        "the prompt", "the prompt"]
+    assert all("<|" not in s.text for s in segments if not s.control and not s.source)  # template text is plain

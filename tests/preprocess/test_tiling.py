@@ -10,12 +10,14 @@ from PIL import Image
 from nvlm_deploy.preprocess.tiling import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NORMALIZED,
     dynamic_tiles,
     find_closest_aspect_ratio,
     normalize,
     num_tiles,
     target_ratios,
     tile_grid,
+    tile_pixel_values,
 )
 
 S = 448
@@ -149,3 +151,41 @@ def _formula(pixels: np.ndarray) -> np.ndarray:
 def _noise(width: int, height: int) -> Image.Image:
     rng = np.random.default_rng(width * 7919 + height)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def _torchvision_ops(pixels: np.ndarray) -> np.ndarray:
+    """ToTensor + Normalize as torchvision runs them, on uint8 [..., S, S, 3] -> float32 [..., 3, S, S]."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).movedim(-1, -3).contiguous().to(torch.float32).div(255)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(mean).div_(std).numpy()
+
+
+def test_lookup_table_is_bit_identical_for_every_byte_and_channel():
+    # a pixel's normalized value depends on its byte and channel only: all 3 x 256 cases, bit for bit
+    every = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 1, 3))  # [H=256, W=1, 3]
+    expected = _torchvision_ops(every)[:, :, 0]  # [3, 256]
+    assert NORMALIZED.dtype == np.float32
+    assert NORMALIZED.view(np.uint32).tobytes() == expected.view(np.uint32).tobytes()
+
+
+@pytest.mark.parametrize("width, height", [(333, 222), (1920, 1080), (1000, 1000), (50, 10000), (448, 448), (7, 5)])
+def test_tile_pixel_values_are_bit_identical_to_the_hf_algorithm(width, height):
+    # HF: dynamic_preprocess (PIL tiles) then build_transform per tile; here: resize once, look values up in place
+    image = _noise(width, height)
+    tiles = dynamic_tiles(image, image_size=S, min_num=1, max_num=6, use_thumbnail=True)
+    expected = _torchvision_ops(np.stack([np.asarray(t) for t in tiles]))
+    got = tile_pixel_values(image, image_size=S, min_num=1, max_num=6, use_thumbnail=True)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == expected.shape
+    assert got.view(np.uint32).tobytes() == expected.view(np.uint32).tobytes()
+
+
+def test_tile_pixel_values_fills_a_slice_of_a_larger_array():
+    image = _noise(896, 448)  # (2,1) + thumbnail
+    out = np.full((5, 3, S, S), 7.0, dtype=np.float32)
+    tile_pixel_values(image, image_size=S, min_num=1, max_num=6, use_thumbnail=True, out=out[1:4])
+    np.testing.assert_array_equal(out[1:4], normalize(dynamic_tiles(image, image_size=S, min_num=1, max_num=6,
+                                                                    use_thumbnail=True)))
+    assert (out[0] == 7).all() and (out[4] == 7).all()
+    with pytest.raises(ValueError, match=r"out must be float32 \[3, 3, 448, 448\]"):
+        tile_pixel_values(image, image_size=S, min_num=1, max_num=6, use_thumbnail=True, out=out[:2])

@@ -36,7 +36,7 @@ PROMPTS = {
 def pipeline(tiny_checkpoint):
     from nvlm_deploy.model.generate import ReferencePipeline
 
-    return ReferencePipeline.from_model_dir(tiny_checkpoint, dtype="fp32", max_tiles=3)
+    return ReferencePipeline.from_model_dir(tiny_checkpoint, dtype="fp32", max_tiles=3, max_images=2)
 
 
 @pytest.fixture(scope="module")
