@@ -3,7 +3,8 @@
 Loaded lazily so `import nvlm_deploy.client` does not import grpc.
 """
 
-_EXPORTS = {"NvlmClient": "sync", "AsyncNvlmClient": "aio", "ChatRequest": "tensors", "ServerError": "tensors"}
+_EXPORTS = {"NvlmClient": "sync", "AsyncNvlmClient": "aio", "ChatRequest": "tensors", "ServerError": "tensors",
+            "ServerUnavailable": "tensors"}
 
 
 def __getattr__(name):

@@ -10,18 +10,21 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from nvlm_deploy.errors import DeployError
-from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatChunk, ChatRequest, ServerError, chunk, infer_inputs, read_images
+from nvlm_deploy.client.tensors import (DEFAULT_MODEL, DEFAULT_TIMEOUT_S, ChatChunk, ChatRequest, ServerError, chunk,
+                                       infer_inputs, read_images, stalled, transport_failure)
 
 
 class AsyncNvlmClient:
-    """Args: url: "host:port" of the gRPC endpoint; model: entry point (tensorrt_llm_bls or ensemble)."""
+    """Args: url: "host:port" of the gRPC endpoint; model: entry point (tensorrt_llm_bls or ensemble);
+    timeout: seconds to wait for each response before the stream counts as stalled (None: forever).
+    Errors as NvlmClient's: ServerUnavailable (unreachable, went away, stalled) or ServerError."""
 
-    def __init__(self, url: str, *, model: str = DEFAULT_MODEL):
+    def __init__(self, url: str, *, model: str = DEFAULT_MODEL, timeout: float | None = DEFAULT_TIMEOUT_S):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
         self._module = grpcclient
-        self.url, self.model = url, model
+        self.url, self.model, self.timeout = url, model, timeout
         self._client = aioclient.InferenceServerClient(url)
 
     async def close(self) -> None:
@@ -56,18 +59,37 @@ class AsyncNvlmClient:
         async def one():
             yield {"model_name": self.model, "inputs": inputs, "request_id": uuid.uuid4().hex}
 
+        import asyncio
+
         import grpc
         from tritonclient.utils import InferenceServerException
 
+        stream = self._client.stream_infer(inputs_iterator=one()).__aiter__()
         try:
-            async for result, error in self._client.stream_infer(inputs_iterator=one()):
+            while True:
+                try:
+                    result, error = await asyncio.wait_for(stream.__anext__(), self.timeout)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise stalled(self.url, self.timeout) from None
                 if error is not None:
-                    raise ServerError(error.message() if hasattr(error, "message") else str(error))
+                    message = error.message() if hasattr(error, "message") else str(error)
+                    status = error.status() if hasattr(error, "status") else None
+                    raise transport_failure(self.url, status, message) or ServerError(message)
                 piece = chunk(result)
                 yield piece
                 if piece.final:
                     return
         except InferenceServerException as exc:
-            raise DeployError(f"cannot talk to the server at {self.url}: {exc.message()}") from None
+            raise (transport_failure(self.url, exc.status(), exc.message())
+                   or DeployError(f"cannot talk to the server at {self.url}: {exc.message()}")) from None
         except grpc.RpcError as exc:  # the aio stream lets transport errors through unwrapped
-            raise DeployError(f"cannot talk to the server at {self.url}: {exc.details()}") from None
+            raise (transport_failure(self.url, str(exc.code()), exc.details() or "")
+                   or DeployError(f"cannot talk to the server at {self.url}: {exc.details()}")) from None
+        finally:
+            closing = getattr(stream, "aclose", None) or getattr(stream, "cancel", None)
+            if closing is not None:
+                result = closing()
+                if asyncio.iscoroutine(result):
+                    await result

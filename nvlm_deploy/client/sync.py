@@ -8,15 +8,20 @@ import queue
 import uuid
 from collections.abc import Iterator, Sequence
 
-from nvlm_deploy.client.tensors import DEFAULT_MODEL, ChatChunk, ChatRequest, ServerError, chunk, infer_inputs, read_images
+from nvlm_deploy.client.tensors import (DEFAULT_MODEL, DEFAULT_TIMEOUT_S, ChatChunk, ChatRequest, ServerError, chunk,
+                                       infer_inputs, read_images, stalled, transport_failure)
 from nvlm_deploy.errors import DeployError
 
 
 class NvlmClient:
     """Args: url: "host:port" of the server's gRPC endpoint; model: entry point (tensorrt_llm_bls or
-    ensemble); timeout: seconds to wait for each response."""
+    ensemble); timeout: seconds to wait for each response (the first one included) before the stream
+    counts as stalled (ServerUnavailable); None waits forever.
 
-    def __init__(self, url: str, *, model: str = DEFAULT_MODEL, timeout: float | None = 600.0):
+    A server that cannot be reached or goes away mid-request raises ServerUnavailable (a DeployError)
+    with the address and what to do; a request the server refuses raises ServerError with its message."""
+
+    def __init__(self, url: str, *, model: str = DEFAULT_MODEL, timeout: float | None = DEFAULT_TIMEOUT_S):
         import tritonclient.grpc as grpcclient
 
         self._module = grpcclient
@@ -69,16 +74,20 @@ class NvlmClient:
             try:
                 self._client.async_stream_infer(self.model, infer_inputs(self._module, request),
                                                 request_id=uuid.uuid4().hex, enable_empty_final_response=True)
-            except InferenceServerException:  # the stream broke; its reason went to the callback
-                _, error = results.get(timeout=5)
-                raise DeployError(f"cannot talk to the server at {self.url}: {_message(error)}") from None
+            except InferenceServerException as exc:  # the stream broke; its reason went to the callback
+                try:
+                    _, error = results.get(timeout=5)
+                except queue.Empty:
+                    error = exc
+                raise (transport_failure(self.url, _status(error), _message(error))
+                       or DeployError(f"cannot talk to the server at {self.url}: {_message(error)}")) from None
             while True:
                 try:
                     result, error = results.get(timeout=self.timeout)
                 except queue.Empty:
-                    raise DeployError(f"no response from {self.url} within {self.timeout}s.") from None
+                    raise stalled(self.url, self.timeout) from None
                 if error is not None:
-                    raise ServerError(_message(error))
+                    raise transport_failure(self.url, _status(error), _message(error)) or ServerError(_message(error))
                 piece = chunk(result)
                 yield piece
                 if piece.final:
@@ -89,3 +98,7 @@ class NvlmClient:
 
 def _message(error) -> str:
     return error.message() if hasattr(error, "message") else str(error)
+
+
+def _status(error) -> str | None:
+    return error.status() if hasattr(error, "status") else None

@@ -23,8 +23,38 @@ DEFAULT_MODEL = "tensorrt_llm_bls"
 OUTPUT = TEXT_OUTPUT.name
 
 
+# Seconds a client waits for the next response of a stream before it calls the stream stalled. The
+# first response includes the prompt's prefill and the images' vision encoding, so this is generous.
+DEFAULT_TIMEOUT_S = 120.0
+
+
 class ServerError(DeployError):
     """The server refused or failed a request; the message is the server's, unchanged."""
+
+
+class ServerUnavailable(DeployError):
+    """The server cannot be reached, went away mid-request, or its stream stalled."""
+
+
+# gRPC status codes that mean the connection, not the request, failed
+TRANSPORT_STATUSES = ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED")
+
+
+def transport_failure(url: str, status: str | None, message: str) -> ServerUnavailable | None:
+    """A clear ServerUnavailable when a gRPC error is about the connection; None for the server's own errors."""
+    status = (status or "").removeprefix("StatusCode.")
+    if status not in TRANSPORT_STATUSES and "Socket closed" not in message and "failed to connect" not in message:
+        return None
+    if "failed to connect" in message or "Connection refused" in message:
+        return ServerUnavailable(f"cannot reach the server at {url} ({message}). Is `nvlm-deploy serve` running there "
+                                 "(it prints the gRPC address when ready)? Check --url.")
+    return ServerUnavailable(f"the server at {url} went away during the request ({status or 'connection lost'}: "
+                             f"{message}); `nvlm-deploy serve` restarts a crashed server: retry in a few seconds.")
+
+
+def stalled(url: str, timeout: float) -> ServerUnavailable:
+    return ServerUnavailable(f"the stream from {url} stalled: no response for {timeout:g} s (--timeout). The server "
+                             "is overloaded or stuck; its log says which.")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,12 @@ class DeploymentLimits:
                 f"tiles ({self.max_tiles_per_image} tiles x {self.tokens_per_tile} tokens = "
                 f"{self.image_tokens_per_image} image tokens); raise --max-input-len or lower "
                 "--max-tiles-before-thumbnail.")
+        if self.max_images * self.tokens_per_tile >= self.max_input_len:
+            raise DeployError(
+                f"--max-images {self.max_images} can never be reached: even one-tile images take "
+                f"{self.max_images} x {self.tokens_per_tile} = {self.max_images * self.tokens_per_tile} prompt "
+                f"tokens, not below --max-input-len {self.max_input_len}; lower --max-images or raise "
+                "--max-input-len.")
 
     @classmethod
     def for_model(cls, config: "NvlmConfig", **choices: int | None) -> "DeploymentLimits":
@@ -78,7 +84,19 @@ class DeploymentLimits:
                    max_tiles_before_thumbnail=tiles,
                    max_input_len=chosen("max_input_len", images * per_image + DEFAULT_TEXT_TOKENS),
                    max_output_len=chosen("max_output_len", DEFAULT_MAX_OUTPUT_LEN),
-                   max_batch_size=chosen("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+                   max_batch_size=chosen("max_batch_size", DEFAULT_MAX_BATCH_SIZE)).within_model(config)
+
+    def within_model(self, config: "NvlmConfig") -> "DeploymentLimits":
+        """These limits, refused when one request's sequence (prompt + answer) would run past the decoder's
+        positions: the decoder was trained on, and its RoPE is exact below, max_position_embeddings."""
+        positions = config.llm.max_position_embeddings
+        if self.max_seq_len > positions:
+            raise DeployError(
+                f"max_input_len {self.max_input_len} + max_output_len {self.max_output_len} = {self.max_seq_len} "
+                f"positions, more than the model's max_position_embeddings {positions} (with --max-images "
+                f"{self.max_images} x {self.image_tokens_per_image} image tokens per image); lower --max-images, "
+                "--max-tiles-before-thumbnail, --max-input-len or --max-output-len.")
+        return self
 
     # ---- derived sizes ----
 
@@ -107,6 +125,12 @@ class DeploymentLimits:
         """trtllm-build's flag: max_batch_size x rows per request (TensorRT-LLM splits it per request,
         batch_manager/promptTuningBuffers.cpp)."""
         return self.max_batch_size * self.prompt_table_rows_per_request
+
+    def max_prompt_bytes(self, longest_token_bytes: int) -> int:
+        """Bytes of request text beyond which it cannot tokenize within max_input_len (every token is at
+        most `longest_token_bytes` long): refused before tokenizing, so a huge prompt costs no CPU time.
+        tritonserver 2.51 has no request-size flag; this is the text's cap."""
+        return self.max_input_len * longest_token_bytes
 
     @property
     def max_seq_len(self) -> int:

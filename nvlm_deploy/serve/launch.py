@@ -121,6 +121,20 @@ def check_paths(repo: str | Path, *, log=print):
     return manifest
 
 
+def check_no_strays(repo: str | Path, manifest) -> None:
+    """Refuse folders that are not the repository's models (`.ipynb_checkpoints/`, a copy, a backup).
+
+    Triton loads every top-level folder of a model repository as a model, hidden ones included, and a
+    folder without a config stops the server with a message that does not say which folder is stray."""
+    repo = Path(repo)
+    strays = sorted(p.name for p in repo.iterdir() if p.is_dir() and p.name not in manifest.models)
+    if strays:
+        raise DeployError(f"{repo} holds folders that are not models of this repository: "
+                          + ", ".join(f"{name}/" for name in strays)
+                          + f" (its models: {', '.join(manifest.models)}). Triton would load each as a model; "
+                          "move them out of the repository (or re-package it).")
+
+
 def leader_mode_command(server_args: list[str], *, world_size: int, binary: str = "tritonserver",
                         llm_model: str = "tensorrt_llm", shm_prefix: str = "nvlmd") -> list[str]:
     """`mpirun` line with one tritonserver per rank (tensorrtllm_backend leader mode).

@@ -49,5 +49,5 @@ def test_unreachable_server_is_a_clear_error_from_both_clients():
         async with AsyncNvlmClient(url) as c:
             return await c.chat("hi", max_tokens=2)
 
-    with pytest.raises(DeployError, match=f"cannot talk to the server at {url}"):
+    with pytest.raises(DeployError, match=f"cannot reach the server at {url}"):
         asyncio.run(ask())

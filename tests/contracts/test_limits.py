@@ -47,3 +47,21 @@ def test_storage_round_trip_and_bad_values():
     for field, value in (("max_images", 0), ("max_batch_size", -1), ("max_output_len", True), ("max_input_len", 1.5)):
         with pytest.raises(DeployError, match=f"{field} must be a positive integer"):
             nvlm_d(**{field: value})
+
+
+@pytest.mark.parametrize("flag, value", [("max_images", 0), ("max_tiles_before_thumbnail", 0), ("max_input_len", -5),
+                                         ("max_output_len", 0), ("max_batch_size", 0)])
+def test_impossible_choices_are_refused_naming_the_flag(tiny_checkpoint, flag, value):
+    config = NvlmConfig.from_hf(tiny_checkpoint)
+    with pytest.raises(DeployError, match=flag):
+        DeploymentLimits.for_model(config, **{flag: value})
+
+
+def test_limits_no_request_can_reach_are_refused(tiny_checkpoint):
+    with pytest.raises(DeployError, match="--max-images 100 can never be reached"):
+        nvlm_d(max_images=100, max_input_len=8192)  # 100 one-tile images: 25600 tokens > 8192
+    config = NvlmConfig.from_hf(tiny_checkpoint)
+    with pytest.raises(DeployError, match="max_position_embeddings"):
+        DeploymentLimits.for_model(config, max_output_len=config.llm.max_position_embeddings)
+    fits = DeploymentLimits.for_model(config)
+    assert fits.within_model(config) is fits
