@@ -1,0 +1,1 @@
+"""Benchmark modules (each `run(workdir, quick=False) -> dict`); `python -m benchmarks` runs them all."""
