@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nvlm_deploy.backend.llm import check_sampling
 from nvlm_deploy.backend import request_inputs as rq
 from nvlm_deploy.contracts import client_tensors
 from nvlm_deploy.backend.detokenize import IncrementalDetokenizer
@@ -58,17 +59,86 @@ class BlsHandler:
     def __init__(self, decode: Callable[[list[int]], str], *, preprocess: Callable[[Tensors], Tensors],
                  encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                  generate: Callable[[Tensors], Iterable[np.ndarray]],
-                 unfinished: Callable[[list[int]], bool] | None = None):
+                 unfinished: Callable[[list[int]], bool] | None = None,
+                 extra_ids: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
+        self.extra_ids = extra_ids  # (input_ids, pixel_values) -> prompt_table_extra_ids; GPU KV-cache reuse only
         self.decode = decode
         self.unfinished = unfinished
         self.preprocess = preprocess
         self.encode = encode
         self.generate = generate
 
-    def run(self, inputs: Tensors, send: Callable[[str, "Usage | None"], None]) -> None:
-        """Serve one request: send(text, None) per streamed chunk, then send(text, usage) once, last."""
-        pre = self.preprocess({dst: inputs.get(src) for src, dst in PREPROCESS_INPUTS.items()
-                               if inputs.get(src) is not None})
+    def run(self, inputs: Tensors, send: Callable[[str, "Usage | None"], None], *,
+            ended: Callable[[], bool] | None = None) -> bool:
+        """Serve one request: send(text, None) per streamed chunk, then send(text, usage) once, last.
+
+        Args:
+            ended: asked after each response of tensorrt_llm; True (the client cancelled, or the request
+                ran out of time) closes the generation (the BLS then stops it in tensorrt_llm) and
+                nothing more is sent.
+
+        Returns:
+            False when `ended` cut the request short (nothing final was sent), else True.
+        """
+        pre = self.preprocess(self._preprocessing_inputs(inputs))
+        llm_inputs = self._llm_inputs(inputs, pre)
+        check_sampling(llm_inputs)  # refused here, not by a tensorrt_llm stream that ends at once
+        if _has_images(pre):
+            self._add_table(llm_inputs, pre, *self.encode(pre["PIXEL_VALUES"]))
+        answer = _Answer(self, inputs, pre)
+        responses = self.generate(llm_inputs)
+        try:
+            for outputs in responses:
+                if ended is not None and ended():
+                    return False
+                text = answer.push(outputs)
+                if text:
+                    send(text, None)
+        finally:
+            if hasattr(responses, "close"):  # a generator: its cleanup stops an unfinished generation
+                responses.close()
+        send(*answer.finish())
+        return True
+
+    async def run_async(self, inputs: Tensors, send: Callable[[str, "Usage | None"], None], *,
+                        ended: Callable[[], bool] | None = None) -> bool:
+        """`run` for an asyncio model (tensorrt_llm_bls's `async def execute`): `preprocess` and `encode`
+        may return awaitables, `generate` an async iterator; everything else (and every `send`) runs on
+        the caller's event loop. Same sends, same result as `run`."""
+        pre = await _resolved(self.preprocess(self._preprocessing_inputs(inputs)))
+        llm_inputs = self._llm_inputs(inputs, pre)
+        check_sampling(llm_inputs)  # refused here, not by a tensorrt_llm stream that ends at once
+        if _has_images(pre):
+            self._add_table(llm_inputs, pre, *await _resolved(self.encode(pre["PIXEL_VALUES"])))
+        answer = _Answer(self, inputs, pre)
+        responses = self.generate(llm_inputs)
+        try:
+            if hasattr(responses, "__aiter__"):
+                async for outputs in responses:
+                    if ended is not None and ended():
+                        return False
+                    text = answer.push(outputs)
+                    if text:
+                        send(text, None)
+            else:
+                for outputs in responses:
+                    if ended is not None and ended():
+                        return False
+                    text = answer.push(outputs)
+                    if text:
+                        send(text, None)
+        finally:
+            if hasattr(responses, "aclose"):  # an async generator: its cleanup stops an unfinished generation
+                await responses.aclose()
+            elif hasattr(responses, "close"):
+                responses.close()
+        send(*answer.finish())
+        return True
+
+    def _preprocessing_inputs(self, inputs: Tensors) -> dict:
+        return {dst: inputs.get(src) for src, dst in PREPROCESS_INPUTS.items() if inputs.get(src) is not None}
+
+    def _llm_inputs(self, inputs: Tensors, pre: Tensors) -> dict:
         streaming = bool(rq.first(inputs.get(client_tensors.STREAM), False))
         llm_inputs = {
             "input_ids": pre["INPUT_ID"], "input_lengths": pre["REQUEST_INPUT_LEN"],
@@ -78,27 +148,55 @@ class BlsHandler:
             "exclude_input_in_output": np.array([[True]], dtype=bool),
         }
         llm_inputs.update({dst: inputs[src] for src, dst in SAMPLING_INPUTS.items() if inputs.get(src) is not None})
-        if np.asarray(pre["PIXEL_VALUES"]).shape[1] > 0:  # [1, T, 3, S, S]; text-only skips the encoder
-            table, vocab = self.encode(pre["PIXEL_VALUES"])
-            llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
-        detok = IncrementalDetokenizer(self.decode, unfinished=self.unfinished)
-        echo = not streaming and not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
-        pending = rq.text(inputs.get(client_tensors.TEXT_INPUT)) if echo else ""
-        generated: list[int] = []
-        log_probs: list[float] = []
-        cum = 0.0
-        for outputs in self.generate(llm_inputs):
-            ids = np.asarray(outputs["output_ids"]).reshape(-1).tolist()
-            generated += ids
-            if outputs.get("output_log_probs") is not None:
-                log_probs += np.asarray(outputs["output_log_probs"]).reshape(-1).tolist()[-len(ids):] if ids else []
-                cum = (cum if streaming else 0.0) + float(np.asarray(outputs["cum_log_probs"]).reshape(-1)[0])
-            pending += detok.push(ids)
-            if streaming and pending:
-                send(pending, None)
-                pending = ""
-        prompt_len = int(np.asarray(pre["REQUEST_INPUT_LEN"]).reshape(-1)[0])
-        send(pending + detok.finish(), Usage(prompt_len, len(generated), cum, tuple(log_probs)))
+        return llm_inputs
+
+    def _add_table(self, llm_inputs: dict, pre: Tensors, table, vocab) -> None:
+        llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
+        if self.extra_ids is not None:  # package --prompt-table-extra-ids (engineer F)
+            llm_inputs["prompt_table_extra_ids"] = self.extra_ids(pre["INPUT_ID"], pre["PIXEL_VALUES"])
+
+
+def _has_images(pre: Tensors) -> bool:
+    return np.asarray(pre["PIXEL_VALUES"]).shape[1] > 0  # [1, T, 3, S, S]; text-only skips the encoder
+
+
+async def _resolved(value):
+    import inspect
+
+    return await value if inspect.isawaitable(value) else value
+
+
+class _Answer:
+    """One request's answer as tensorrt_llm's outputs arrive: the text to send now, then the final text
+    and usage (shared by BlsHandler.run and run_async)."""
+
+    def __init__(self, handler: BlsHandler, inputs: Tensors, pre: Tensors):
+        self.streaming = bool(rq.first(inputs.get(client_tensors.STREAM), False))
+        self.detok = IncrementalDetokenizer(handler.decode, unfinished=handler.unfinished)
+        echo = not self.streaming and not bool(rq.first(inputs.get(client_tensors.EXCLUDE_INPUT), False))
+        self.pending = rq.text(inputs.get(client_tensors.TEXT_INPUT)) if echo else ""
+        self.prompt_len = int(np.asarray(pre["REQUEST_INPUT_LEN"]).reshape(-1)[0])
+        self.generated: list[int] = []
+        self.log_probs: list[float] = []
+        self.cum = 0.0
+
+    def push(self, outputs) -> str:
+        """The text to send now ("" when nothing yet, or not streaming)."""
+        ids = np.asarray(outputs["output_ids"]).reshape(-1).tolist()
+        self.generated += ids
+        if outputs.get("output_log_probs") is not None:
+            self.log_probs += np.asarray(outputs["output_log_probs"]).reshape(-1).tolist()[-len(ids):] if ids else []
+            self.cum = ((self.cum if self.streaming else 0.0)
+                        + float(np.asarray(outputs["cum_log_probs"]).reshape(-1)[0]))
+        self.pending += self.detok.push(ids)
+        if not self.streaming:
+            return ""
+        text, self.pending = self.pending, ""
+        return text
+
+    def finish(self) -> tuple[str, Usage]:
+        return (self.pending + self.detok.finish(),
+                Usage(self.prompt_len, len(self.generated), self.cum, tuple(self.log_probs)))
 
 
 def make_decode(tokenizer) -> Callable[[list[int]], str]:

@@ -5,7 +5,8 @@ Same tensor names and semantics as the C++ backend (shared/reference/triton.md Â
 `temperature`, `seed`, `streaming`, `exclude_input_in_output`, `prompt_embedding_table`,
 `prompt_vocab_size` in; `output_ids` [1, beam=1, n] and `sequence_length` [1, 1] out. Streaming
 sends each new token in its own response; otherwise one response holds the prompt (unless
-excluded) followed by the generated tokens. Requests that arrive together are generated together.
+excluded) followed by the generated tokens. In Triton, requests join and leave the running batch
+between decoding steps (backend.llm_scheduler); `run` generates one batch to its end.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LlmRequest:
 Emit = Callable[[int, dict[str, np.ndarray]], None]
 
 
-def _outputs(tokens: Sequence[int], log_probs: Sequence[float] | None, cum_log_prob: float | None = None, *,
+def output_tensors(tokens: Sequence[int], log_probs: Sequence[float] | None, cum_log_prob: float | None = None, *,
              generated: int) -> dict[str, np.ndarray]:
     """The tensors of one response; log-probs are zeros unless the request asked for them (the ensemble
     maps these outputs, so every response carries them)."""
@@ -71,6 +72,11 @@ class LlmHandler:
         from nvlm_deploy.runtime.decoder import TrtllmCheckpointRuntime
 
         runtime = TrtllmCheckpointRuntime.load(root / params["checkpoint_dir"], dtype=params["compute_precision"])
+        threads = decoder_threads(int(params.get("threads", "0")), runtime.hidden_size)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # this model's stub process only
         limits = rq.repository_limits(root)
         return cls(runtime, max_input_len=limits.max_input_len, max_output_len=limits.max_output_len)
 
@@ -92,7 +98,6 @@ class LlmHandler:
         table = inputs.get("prompt_embedding_table")
         vocab = int(rq.first(inputs.get("prompt_vocab_size"), 0))
         table = None if table is None or vocab == 0 else np.asarray(table, dtype=np.float32).reshape(-1, self.runtime.hidden_size)[:vocab]
-        seed = rq.first(inputs.get("seed"))
         for name in ("return_context_logits", "return_generation_logits"):
             if rq.first(inputs.get(name), False):
                 raise RequestError(f"{name}: this engine does not gather logits (built without "
@@ -101,19 +106,9 @@ class LlmHandler:
             generation = GenerationRequest(
                 input_ids=ids, prompt_table=table, max_new_tokens=out_len,
                 end_id=_opt_int(rq.first(inputs.get("end_id"))), pad_id=_opt_int(rq.first(inputs.get("pad_id"))),
-                temperature=float(rq.first(inputs.get("temperature"), 1.0)),
-                top_k=int(rq.first(inputs.get("runtime_top_k"), 0)),
-                top_p=float(rq.first(inputs.get("runtime_top_p"), 0.0)), seed=None if seed is None else int(seed),
-                repetition_penalty=float(rq.first(inputs.get("repetition_penalty"), 1.0)),
-                presence_penalty=float(rq.first(inputs.get("presence_penalty"), 0.0)),
-                frequency_penalty=float(rq.first(inputs.get("frequency_penalty"), 0.0)),
-                min_tokens=int(rq.first(inputs.get("min_tokens"), 1)),
-                length_penalty=float(rq.first(inputs.get("len_penalty"), 0.0)),
-                beam_width=int(rq.first(inputs.get("beam_width"), 1)),
-                num_return_sequences=_opt_int(rq.first(inputs.get("num_return_sequences"))),
-                stop_words=word_lists(inputs.get("stop_words_list")), bad_words=word_lists(inputs.get("bad_words_list")),
+                **sampling_fields(inputs), stop_words=word_lists(inputs.get("stop_words_list")),
                 return_log_probs=bool(rq.first(inputs.get("return_log_probs"), False)))
-            generation.sampling()  # out-of-range values are this request's error, before the batch runs
+            self.runtime.check(generation)  # out-of-range values are this request's error, before the batch runs
         except RequestError:
             raise
         except DeployError as exc:
@@ -125,15 +120,60 @@ class LlmHandler:
         """Generate the batch together; emit() each streamed token, or each whole output at the end."""
         def on_token(k: int, token: int, log_prob: float | None) -> None:
             if batch[k].streaming:
-                emit(k, _outputs([token], None if log_prob is None else [log_prob], generated=1))
+                emit(k, output_tensors([token], None if log_prob is None else [log_prob], generated=1))
 
         results = self.runtime.generate_results([r.generation for r in batch], on_token=on_token,
                                                 normalize_log_probs=self.normalize_log_probs)
         for k, (req, result) in enumerate(zip(batch, results)):
             if not req.streaming:
                 prefix = [] if req.exclude_input else list(req.generation.input_ids)
-                emit(k, _outputs(prefix + list(result.tokens), result.output_log_probs, result.cum_log_probs,
+                emit(k, output_tensors(prefix + list(result.tokens), result.output_log_probs, result.cum_log_probs,
                                  generated=len(result.tokens)))
+
+
+SMALL_DECODER_HIDDEN = 1024
+
+
+def decoder_threads(requested: int, hidden_size: int) -> int | None:
+    """Intra-op threads for the decoder: `requested` when > 0; else 1 for a decoder narrower than
+    SMALL_DECODER_HIDDEN, None (torch's default) for a wider one.
+
+    Why: a small decoder's matmuls are too short to split, and on a loaded machine OpenMP workers that
+    wait for each other make every step slower (demo model, 2 shared cores: 3-6 ms per step with one
+    thread, 30-120 ms with two).
+    """
+    if requested > 0:
+        return requested
+    return 1 if hidden_size < SMALL_DECODER_HIDDEN else None
+
+
+def sampling_fields(inputs: Mapping[str, np.ndarray | None]) -> dict[str, object]:
+    """tensorrtllm_backend's sampling tensors -> `SamplingParams` fields (TensorRT-LLM's defaults where absent)."""
+    seed = rq.first(inputs.get("seed"))
+    return dict(temperature=float(rq.first(inputs.get("temperature"), 1.0)),
+                top_k=int(rq.first(inputs.get("runtime_top_k"), 0)),
+                top_p=float(rq.first(inputs.get("runtime_top_p"), 0.0)), seed=None if seed is None else int(seed),
+                repetition_penalty=float(rq.first(inputs.get("repetition_penalty"), 1.0)),
+                presence_penalty=float(rq.first(inputs.get("presence_penalty"), 0.0)),
+                frequency_penalty=float(rq.first(inputs.get("frequency_penalty"), 0.0)),
+                min_tokens=int(rq.first(inputs.get("min_tokens"), 1)),
+                length_penalty=float(rq.first(inputs.get("len_penalty"), 0.0)),
+                beam_width=int(rq.first(inputs.get("beam_width"), 1)),
+                num_return_sequences=_opt_int(rq.first(inputs.get("num_return_sequences"))),
+                bad_words=word_lists(inputs.get("bad_words_list")))
+
+
+def check_sampling(inputs: Mapping[str, np.ndarray | None]) -> None:
+    """RequestError for sampling settings tensorrt_llm would refuse: the BLS asks before generating, so that
+    such a request never opens a stream that ends at once (the same checks `parse` applies)."""
+    from nvlm_deploy.runtime.sampling_params import SamplingParams
+
+    try:
+        SamplingParams(**sampling_fields(inputs))
+    except RequestError:
+        raise
+    except (DeployError, ValueError, TypeError, OverflowError) as exc:
+        raise RequestError(str(exc)) from None
 
 
 def _opt_int(value) -> int | None:

@@ -147,3 +147,95 @@ def test_word_lists_round_trip(pipeline):
     packed = pre.word_list(np.array([[w.encode() for w in words]], dtype=object), name="stop_words")
     assert word_lists(packed) == [pre.tokenizer.encode(w) for w in words]
     assert word_lists(pre.word_list(None, name="stop_words")) == []
+
+
+def test_an_ended_request_closes_its_generation_and_sends_nothing_more(pipeline):
+    """A cancelled or timed-out request: the BLS closes tensorrt_llm's stream (which sends the stop request)."""
+    _, _, pre = pipeline
+    produced, closed = [], []
+
+    def generate(inputs):
+        try:
+            for k in range(10):
+                produced.append(k)
+                yield {"output_ids": np.array([[[pre.tokenizer.encode(" a")[0]]]], np.int32)}
+        finally:
+            closed.append(len(produced))
+
+    bls = BlsHandler(make_decode(pre.tokenizer), preprocess=pre.run, encode=lambda p: None, generate=generate)
+    sent = []
+    inputs = {"text_input": np.array([[b"Hi"]], dtype=object), "max_tokens": np.array([[10]], np.int32),
+              "stream": np.array([[True]])}
+    finished = bls.run(inputs, lambda text, usage: sent.append((text, usage)), ended=lambda: len(produced) >= 3)
+    assert finished is False and closed == [3] and len(produced) == 3
+    assert len(sent) == 2 and all(usage is None for _, usage in sent)  # two chunks, no final response
+
+
+def test_run_async_sends_what_run_sends_and_closes_an_ended_generation(pipeline, images):
+    """run_async (tensorrt_llm_bls's asyncio execute): awaitable preprocess/encode and an async generator of
+    tensorrt_llm's outputs give the same sends as run; ended, the async generator is closed (its cleanup
+    sends tensorrt_llm's stop request) and nothing final is sent."""
+    import asyncio
+
+    bls, _, pre = pipeline
+
+    async def preprocess(inputs):
+        await asyncio.sleep(0)
+        return bls.preprocess(inputs)
+
+    async def encode(pixels):
+        return bls.encode(pixels)
+
+    closed = []
+
+    async def generate(inputs):
+        try:
+            for outputs in bls.generate(inputs):
+                await asyncio.sleep(0)
+                yield outputs
+        finally:
+            closed.append(True)
+
+    async_bls = BlsHandler(bls.decode, preprocess=preprocess, encode=encode, generate=generate,
+                           unfinished=bls.unfinished)
+    from nvlm_deploy.client.tensors import image_arrays
+
+    inputs = {"text_input": np.array([[b"Describe the image in detail."]], dtype=object),
+              "max_tokens": np.array([[12]], np.int32), "stream": np.array([[True]])}
+    inputs["image_files_input"], inputs["image_files_lengths"] = image_arrays(images[:1])
+    sync_sent, async_sent = [], []
+    assert bls.run(inputs, lambda text, usage: sync_sent.append((text, usage))) is True
+    assert asyncio.run(async_bls.run_async(inputs, lambda text, usage: async_sent.append((text, usage)))) is True
+    assert async_sent == sync_sent and sync_sent[-1][1] is not None and closed == [True]
+
+    closed.clear()
+    asked, ended_sent = [], []
+
+    def ended():
+        asked.append(True)
+        return len(asked) > 3  # after three of tensorrt_llm's outputs
+
+    finished = asyncio.run(async_bls.run_async(inputs, lambda text, usage: ended_sent.append((text, usage)),
+                                               ended=ended))
+    assert finished is False and closed == [True] and len(asked) == 4
+    assert all(usage is None for _, usage in ended_sent)  # nothing final
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"temperature": np.array([[np.nan]], np.float32)}, "temperature must be a finite number"),
+    ({"top_p": np.array([[1.5]], np.float32)}, r"top_p must be in \[0, 1\]"),
+    ({"temperature": np.array([[np.inf]], np.float32), "top_k": np.array([[5]], np.int32)}, "temperature"),
+])
+def test_settings_tensorrt_llm_would_refuse_never_reach_it(pipeline, arrays, message):
+    """Refused by the BLS itself: a tensorrt_llm stream that ends at once with an error is what python_backend
+    r24.10 handles worst (lost errors, a server abort in the soak's bad-every-4 pattern)."""
+    from nvlm_deploy.backend.request_inputs import RequestError
+
+    _, _, pre = pipeline
+
+    def generate(inputs):
+        raise AssertionError("tensorrt_llm was asked to generate")
+
+    bls = BlsHandler(make_decode(pre.tokenizer), preprocess=pre.run, encode=None, generate=generate)
+    with pytest.raises(RequestError, match=message):
+        run_raw(bls, **arrays)

@@ -13,12 +13,18 @@ It has what the model.py files use, with the real module's behaviour where it ma
   registered with `register_model`, one `execute` at a time per model as Triton does. Unlike the
   real one, `exec(decoupled=True)` hands its responses over once the callee's execute is done
   (same responses, same order; the real iterator yields each as it arrives).
+- `async def execute` (python_backend >= 24.04, README "Async Execute"): `run_execute` does what the
+  stub does (src/pb_stub.cc r24.10, `Stub::RunCoroutine`): the coroutine runs on one event loop in its
+  own thread, in the background for a decoupled model, to completion otherwise. `async_exec(decoupled=)`
+  returns an awaitable of what `exec` returns, run in the loop's default executor as the real one.
 - `InferenceResponse`, `TritonError`, `get_input_tensor_by_name`, `get_output_tensor_by_name`,
   `TRITONSERVER_RESPONSE_COMPLETE_FINAL`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 from dataclasses import dataclass
 
@@ -203,11 +209,15 @@ class InferenceRequest:
             return InferenceResponse(error=TritonError(
                 f"model '{self.model_name}' is decoupled: use exec(decoupled=True)"))
         incoming = InferenceRequest(model_name=self.model_name, requested_output_names=self._outputs,
-                                    inputs=self._inputs)
+                                    inputs=self._inputs, request_id=self._request_id)
         with served.lock:
             responses = _stub_execute(served, incoming)
         responses = [self._requested(r) for r in responses]
         return iter(responses) if decoupled else responses[0]
+
+    def async_exec(self, decoupled: bool = False):
+        """An awaitable of exec's result, exec run in the running loop's default executor (as the real one)."""
+        return asyncio.get_running_loop().run_in_executor(None, lambda: self.exec(decoupled=decoupled))
 
     def _requested(self, response: InferenceResponse) -> InferenceResponse:
         if response.has_error() or not self._outputs:
@@ -215,11 +225,36 @@ class InferenceRequest:
         return InferenceResponse([t for t in response.output_tensors() if t.name() in self._outputs])
 
 
+_LOOP: list = []  # the stub's one event loop for async execute, made on first use
+_LOOP_LOCK = threading.Lock()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    with _LOOP_LOCK:
+        if not _LOOP:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="standin-stub-loop", daemon=True).start()
+            _LOOP.append(loop)
+        return _LOOP[0]
+
+
+def run_execute(model, requests: list, *, decoupled: bool):
+    """model.execute(requests) as the stub calls it: a coroutine (async def execute) runs on the stub's
+    event loop, in the background when decoupled (None comes back at once), else to its result."""
+    returned = model.execute(requests)
+    if not inspect.iscoroutine(returned):
+        return returned
+    future = asyncio.run_coroutine_threadsafe(returned, _event_loop())
+    if decoupled:
+        return None
+    return future.result()
+
+
 def _stub_execute(served: _Served, request: InferenceRequest) -> list[InferenceResponse]:
     """The stub's side of one execute: an exception fails the request with its message; a decoupled
     model's sends are its responses (a bare final flag arrives as an empty response)."""
     try:
-        returned = served.model.execute([request])
+        returned = run_execute(served.model, [request], decoupled=served.decoupled)
     except Exception as exc:  # the stub turns any exception of execute into the request's error
         error = InferenceResponse(error=TritonError(f"Failed to process the request(s) for model "
                                                     f"'{request.model_name}', message: {type(exc).__name__}: {exc}"))

@@ -28,9 +28,9 @@ def bls(cpu_repo):
 
 
 def send(bls, *requests: ChatRequest) -> list[list]:
-    """Each request's sends (response, flags), once its final flag came (the BLS answers from threads)."""
+    """Each request's sends (response, flags), once its final flag came (the BLS answers from the stub's event loop)."""
     incoming = [request(**{name: array for name, (_, array) in input_arrays(r).items()}) for r in requests]
-    assert bls.execute(incoming) is None
+    assert pb.run_execute(bls, incoming, decoupled=True) is None
     sent = [r.get_response_sender().wait_final() for r in incoming]
     for s in sent:
         check_final_once_and_last(s)
@@ -61,7 +61,8 @@ def test_answer_equals_the_reference_and_text_only_skips_the_vision_encoder(bls,
     prompt, n = PROMPTS[case]
     pb.EXEC_LOG.clear()
     assert ask(bls, prompt, images[:n]) == [reference_text(reference, prompt, images[:n])]
-    assert pb.EXEC_LOG == ["preprocessing"] + (["vision_encoder"] if n else []) + ["tensorrt_llm"]
+    # a text-only request is preprocessed inside the BLS (the same handler): no preprocessing round trip
+    assert pb.EXEC_LOG == (["preprocessing", "vision_encoder"] if n else []) + ["tensorrt_llm"]
 
 
 def test_streamed_and_echoed_chunks_concatenate_to_the_whole_text(bls, reference):
@@ -117,7 +118,7 @@ def test_a_batched_request_gets_one_answer_per_row(bls, reference):
     incoming = request(text_input=np.array([[p.encode()] for p in rows], dtype=object),
                        max_tokens=np.array([[8], [8]], np.int32),
                        exclude_input_in_output=np.array([[True], [True]]))
-    assert bls.execute([incoming]) is None
+    assert pb.run_execute(bls, [incoming], decoupled=True) is None
     sent = incoming.get_response_sender().wait_final()
     check_final_once_and_last(sent)
     by_row: dict[int, str] = {}
@@ -135,6 +136,42 @@ def test_rows_of_different_batch_sizes_are_refused(bls):
     from tests.triton_repo.in_process import error_message
 
     incoming = request(text_input=np.array([[b"a"], [b"b"]], dtype=object), max_tokens=np.array([[8]], np.int32))
-    bls.execute([incoming])
+    pb.run_execute(bls, [incoming], decoupled=True)
     sent = incoming.get_response_sender().wait_final()
     assert "batch size 2" in error_message(sent[-1][0])
+
+
+def test_a_request_past_its_deadline_gets_an_error_and_the_next_is_served(cpu_repo, bls, reference):
+    """request_timeout_s (asyncio.wait_for on the stub's loop): a generation that never answers ends with
+    the deadline's error, promptly; the BLS keeps serving. (The stand-in's exec(decoupled=True) hands its
+    responses over only at the end, so the stop request that follows in Triton is not seen here.)"""
+    import threading
+
+    import numpy as np
+
+    release = threading.Event()
+
+    class Hung:  # a decoupled tensorrt_llm that answers nothing until released
+        def execute(self, requests):
+            for request in requests:
+                sender = request.get_response_sender()
+                stop = pb.get_input_tensor_by_name(request, "stop")
+                if stop is not None and bool(np.asarray(stop.as_numpy()).reshape(-1)[0]):
+                    release.set()
+                    sender.send(pb.InferenceResponse(), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                threading.Thread(target=lambda s=sender: (release.wait(5), s.send(
+                    None, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)), daemon=True).start()
+
+    pb.register_model("hung_llm", Hung(), decoupled=True)
+    saved = bls.models["tensorrt_llm"], bls.timeout_s
+    bls.models["tensorrt_llm"], bls.timeout_s = "hung_llm", 0.5
+    try:
+        (sent,) = send(bls, ChatRequest("Hello, how are you?", max_tokens=4))
+    finally:
+        bls.models["tensorrt_llm"], bls.timeout_s = saved
+        release.set()
+        pb.unregister_model("hung_llm")
+    ((response, _),) = sent
+    assert response.has_error() and "request_timeout_s" in response.error().message()
+    assert ask(bls, "Hello, how are you?") == [reference_text(reference, "Hello, how are you?", [])]

@@ -21,14 +21,18 @@ class TritonPythonModel:
         self.decode = make_decode(self.tokenizer)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        """One request's response; its bad input is its own error, never its batch's."""
+        try:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [1, beam, n]
             lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [1, beam]
             texts = [self._text(row[:n].tolist()).encode("utf-8") for row, n in zip(tokens[0], lengths[0])]
-            out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))  # [beam]: 1-D, as upstream's
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-        return responses
+        except Exception as exc:
+            return pbutils.error_response(pb_utils, f"bad request: {type(exc).__name__}: {exc}")
+        out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))  # [beam]: 1-D, as upstream's
+        return pb_utils.InferenceResponse(output_tensors=[out])
 
     def _text(self, ids):
         echoed = split_echo(ids, self.tokenizer, self.decode)

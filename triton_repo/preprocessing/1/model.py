@@ -1,4 +1,7 @@
-"""preprocessing: prompt + image bytes -> ids with image slots and tiles (nvlm_deploy.backend.preprocessing)."""
+"""preprocessing: prompt + image bytes -> ids with image slots and tiles (nvlm_deploy.backend.preprocessing).
+
+Each request of a batch is answered on its own: one request's bad input is its own error only.
+"""
 
 import triton_python_backend_utils as pb_utils
 
@@ -21,4 +24,6 @@ class TritonPythonModel:
             outputs = self.handler.run(pbutils.request_inputs(pb_utils, request, self.names))
         except RequestError as exc:
             return pbutils.error_response(pb_utils, str(exc))
+        except Exception as exc:  # unforeseen bad input: this request's error, never its batch's
+            return pbutils.error_response(pb_utils, f"bad request: {type(exc).__name__}: {exc}")
         return pb_utils.InferenceResponse(output_tensors=pbutils.tensors(pb_utils, outputs))

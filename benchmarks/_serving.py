@@ -1,0 +1,93 @@
+"""Shared by the serving benchmarks (inflight_batching, serving_overhead): the demo model's CPU
+deployment built once per workdir (as tests/conftest.py builds the test repository), a packaged
+repository with optional config edits, a tritonserver around a block, and the script-mode output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+# small enough to keep requests quick; long enough for a long request next to short ones
+LIMITS = dict(max_images=2, max_tiles_before_thumbnail=2, max_input_len=1024, max_output_len=512, max_batch_size=8)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def demo_target(workdir: Path, *, log=print) -> Path:
+    """engines dir with the demo model's fp32 onnx/ and trtllm_checkpoint/ (reused when present)."""
+    from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
+    from nvlm_deploy.convert.vision_onnx import export_vision_onnx
+    from nvlm_deploy.demo.ask import SHIPPED_MODEL
+
+    target = workdir / "demo-cpu"
+    model = SHIPPED_MODEL
+    if not (target / "onnx").is_dir():
+        log(f"exporting the demo vision encoder to {target / 'onnx'}")
+        export_vision_onnx(model, target, dtype="fp32")
+    if not (target / "trtllm_checkpoint").is_dir():
+        log(f"converting the demo decoder to {target / 'trtllm_checkpoint'}")
+        convert_llm_checkpoint(model, target, dtype="fp32")
+    return target
+
+
+def demo_repository(target: Path, name: str, *, edits: dict[str, list[tuple[str, str]]] | None = None) -> Path:
+    """A CPU repository target/<name>; edits: model -> [(old text, new text)] applied to its config.pbtxt."""
+    from nvlm_deploy.serve.package import PackageOptions, package_repository
+
+    repo = package_repository(target, target / name, runtime="cpu", options=PackageOptions(limits=LIMITS),
+                              log=lambda line: None, force=True)
+    for model, changes in (edits or {}).items():
+        config = repo / model / "config.pbtxt"
+        text = config.read_text(encoding="utf-8")
+        for old, new in changes:
+            if old not in text:
+                raise RuntimeError(f"{config} has no {old!r} to replace")
+            text = text.replace(old, new)
+        config.write_text(text, encoding="utf-8")
+    return repo
+
+
+@contextlib.contextmanager
+def serving(repo: Path):
+    from nvlm_deploy.serve.server import start_server
+
+    server = start_server(repo, timeout=600)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def markdown(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def script_main(run, name: str) -> None:
+    """`python benchmarks/<name>.py [--quick] [--workdir DIR]`: run, print the table, write results/<name>.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=run.__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"nvlm-bench-{name}")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    result = run(args.workdir, quick=args.quick)
+    print(f"## {result['title']}\n\n{markdown(result['rows'])}\n\ngoal: {result['goal']} -> met: {result['met']}\n"
+          f"\n{result['notes']}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def add_repo_root_to_path() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
