@@ -22,6 +22,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("generate", "generate"),
     ("convert vision", "convert_vision"),
     ("convert llm", "convert_llm"),
+    ("quantize", "quantize"),
+    ("eval", "eval"),
     ("build", "build_all"),  # `build` itself; before its subcommands, which attach to its parser
     ("build vision", "build_vision"),
     ("build llm", "build_llm"),
@@ -33,6 +35,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("demo", "demo"),
     ("demo train", "demo_train"),
     ("demo eval", "demo_eval"),
+    ("bench", "bench"),
+    ("loadgen", "loadgen"),
 ]
 
 GROUP_HELP = {

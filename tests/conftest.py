@@ -143,3 +143,23 @@ def multibyte_server(multibyte_checkpoint, tmp_path_factory):
     srv = start_server(repo, timeout=600)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_repo_tp(engines, tiny_checkpoint, tmp_path_factory):
+    """tp -> CPU repository of the tiny checkpoint's decoder split in tp ranks (2 and 4), with the
+    vision ONNX of `engines` (copied): the CPU runtime merges the ranks in one process."""
+    import shutil
+
+    from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
+    from nvlm_deploy.serve.package import PackageOptions, package_repository
+
+    repos = {}
+    for tp in (2, 4):
+        target = tmp_path_factory.mktemp("engines") / f"tiny-cpu-tp{tp}"
+        shutil.copytree(engines / "onnx", target / "onnx")
+        shutil.copy2(engines / "manifest.json", target / "manifest.json")
+        convert_llm_checkpoint(tiny_checkpoint, target, dtype="fp32", tp=tp)
+        repos[tp] = package_repository(target, target / "model_repository", runtime="cpu",
+                                       options=PackageOptions(limits=LIMITS), log=lambda line: None)
+    return repos

@@ -25,12 +25,29 @@ from nvlm_deploy.contracts.limits import MAX_BEAM_WIDTH, DeploymentLimits
 from nvlm_deploy.contracts.precision import COMPUTE, Precision, precision
 from nvlm_deploy.contracts.target import Target
 from nvlm_deploy.errors import DeployError
+from nvlm_deploy.preprocess.tokenizer import DEFAULT_SPECIAL_TOKEN_POLICY
 from nvlm_deploy.serve.template import placeholders, render_config
 
 MODELS = ("preprocessing", "vision_encoder", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 ASSETS = "preprocessing/assets"
 ASSET_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")
 REQUIRED_ASSETS = ("tokenizer.json", "config.json")
+MAX_DEFAULT_INSTANCES = 8  # preprocessing instances `package` sizes from the cores, at most
+
+
+def default_instance_count(cores: int | None = None) -> int:
+    """Preprocessing instances for a machine with `cores` usable cores (None: this process's).
+
+    Each instance is one Python process decoding one image at a time (PIL releases the GIL, but an
+    instance works on one request), so instances are the images decoded at once. Half the cores
+    leaves the other half to the decoder, the vision encoder and Triton; at most MAX_DEFAULT_INSTANCES
+    (each holds a tokenizer and a decoded image). `package --preprocessing-instances N` overrides it.
+    """
+    import os
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_INSTANCES, cores // 2))
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,11 @@ RUNTIMES: dict[str, Runtime] = {
 }
 
 
+# vision_encoder's per-tile embedding cache bound (`package --vision-cache-mib`): ~100 NVLM-D-72B tiles
+# (256 tokens x 8192 x fp32 = 8 MiB each)
+DEFAULT_VISION_CACHE_BYTES = 256 * 2**20
+
+
 @dataclass(frozen=True)
 class PackageOptions:
     """What the user may choose; None means: the target's (limits) or computed (KV-cache fraction)."""
@@ -62,13 +84,34 @@ class PackageOptions:
     limits: dict[str, int | None] = field(default_factory=dict)  # contracts.limits.CHOICE_FIELDS
     kv_cache_free_gpu_mem_fraction: float | None = None
     max_queue_delay_microseconds: int = 2000
-    preprocessing_instance_count: int = 1
+    preprocessing_instance_count: int | None = None  # None: default_instance_count() (cores)
     postprocessing_instance_count: int = 1
     bls_instance_count: int = 1
     allow_remote_image_urls: bool = False  # preprocessing fetches http(s) image_url_input (size/time-limited)
+    exif_transpose: bool = False  # preprocessing turns images by their EXIF orientation (HF does not)
+    special_tokens_in_text: str = DEFAULT_SPECIAL_TOKEN_POLICY  # control tokens in request text: escape | refuse
     # decoupled (default): streaming through the gRPC stream; not decoupled: unary ModelInfer works (what
     # tensorrtllm_backend clients use when not streaming) and streaming is refused. Triton decides per model.
     decoupled_mode: bool = True
+    # vision_encoder (engineer F, issue 12): per-tile embedding cache bound (0 disables), Triton dynamic
+    # batching of concurrent image requests (queue delay in us; None: no dynamic batching), ONNX Runtime
+    # worker threads spinning (off: they would take the decoder's cores between calls)
+    vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES
+    vision_batch_queue_delay_us: int | None = 500
+    vision_onnx_spinning: bool = False
+    # GPU only, off until a GPU run proves it: prompt_table_extra_ids from the image tiles' hashes, so the
+    # decoder's enable_kv_cache_reuse can be on (serve/upstream/prompt_table_extra_ids_1.2.json)
+    prompt_table_extra_ids: bool = False
+    # a request still running this long after it arrived ends with an error (tensorrt_llm cpu, tensorrt_llm_bls)
+    request_timeout_s: float = 300.0
+
+
+# ensemble steps' maps when prompt_table_extra_ids is on: vision_encoder turns the token ids into the extra ids
+EXTRA_IDS_MAPS = {
+    "vision": '      input_map { key: "input_ids" value: "_INPUT_ID" }\n'
+              '      output_map { key: "prompt_table_extra_ids" value: "_PROMPT_TABLE_EXTRA_IDS" }',
+    "llm": '      input_map { key: "prompt_table_extra_ids" value: "_PROMPT_TABLE_EXTRA_IDS" }',
+}
 
 
 def templates() -> Path:
@@ -137,17 +180,30 @@ def template_values(target: Target, runtime_name: str, out: Path, *, limits: Dep
         "runtime": runtime_name,
         "vision_model_path": str(target.dir(runtime.vision_stage).resolve()),
         "vision_threads": 0,
+        "llm_threads": 0,  # tensorrt_llm (cpu) intra-op threads; 0: backend.llm.decoder_threads decides
         "vision_instance_count": 1,
+        "vision_cache_bytes": options.vision_cache_bytes,
+        "vision_onnx_spinning": options.vision_onnx_spinning,
+        "vision_dynamic_batching": "" if options.vision_batch_queue_delay_us is None else
+        f"dynamic_batching {{ max_queue_delay_microseconds: {options.vision_batch_queue_delay_us} }}",
+        "vocab_size": config.llm.vocab_size,
+        "prompt_table_extra_ids": options.prompt_table_extra_ids,
+        "enable_kv_cache_reuse": options.prompt_table_extra_ids,
+        "vision_extra_ids_maps": EXTRA_IDS_MAPS["vision"] if options.prompt_table_extra_ids else "",
+        "llm_extra_ids_maps": EXTRA_IDS_MAPS["llm"] if options.prompt_table_extra_ids else "",
         "checkpoint_dir": str(target.dir("trtllm_checkpoint").resolve()),
         "engine_dir": str(target.dir("llm").resolve()),
         "compute_precision": COMPUTE,
         "kv_cache_free_gpu_mem_fraction": kv_plan.fraction if kv_plan else "",
         "max_queue_delay_microseconds": options.max_queue_delay_microseconds,
-        "preprocessing_instance_count": options.preprocessing_instance_count,
+        "preprocessing_instance_count": options.preprocessing_instance_count or default_instance_count(),
         "postprocessing_instance_count": options.postprocessing_instance_count,
         "bls_instance_count": options.bls_instance_count,
         "allow_remote_image_urls": options.allow_remote_image_urls,
+        "exif_transpose": options.exif_transpose,
+        "special_tokens_in_text": options.special_tokens_in_text,
         "decoupled_mode": options.decoupled_mode,
+        "request_timeout_s": options.request_timeout_s,
         "max_beam_width": MAX_BEAM_WIDTH,
         **client_tensors.render_io(),
         **client_tensors.render_ensemble_maps(),
@@ -198,6 +254,9 @@ def package_repository(engines: str | Path, out: str | Path, *, runtime: str, mo
 
     if runtime not in RUNTIMES:
         raise DeployError(f"--runtime {runtime!r} is not one of {sorted(RUNTIMES)}.")
+    if (options or PackageOptions()).prompt_table_extra_ids and runtime != "gpu":
+        raise DeployError("--prompt-table-extra-ids is for --runtime gpu (it lets TensorRT-LLM's KV-cache reuse tell "
+                          "images apart); the CPU runtime has no KV-cache reuse: leave it off.")
     spec, options, out = RUNTIMES[runtime], options or PackageOptions(), Path(out)
     target = Target.of(engines)
     manifests = {stage: target.manifest(stage) for stage in spec.stages}
