@@ -152,7 +152,7 @@ class BlsHandler:
 
     def _add_table(self, llm_inputs: dict, pre: Tensors, table, vocab) -> None:
         llm_inputs.update(prompt_embedding_table=table, prompt_vocab_size=vocab)
-        if self.extra_ids is not None:  # package --prompt-table-extra-ids (engineer F)
+        if self.extra_ids is not None:  # package --prompt-table-extra-ids (GPU only)
             llm_inputs["prompt_table_extra_ids"] = self.extra_ids(pre["INPUT_ID"], pre["PIXEL_VALUES"])
 
 

@@ -61,10 +61,12 @@ def word_lists(array: np.ndarray | None) -> list[list[int]]:
 class LlmHandler:
     """Args: runtime: a TrtllmCheckpointRuntime; max_input_len / max_output_len: the engine's limits."""
 
-    def __init__(self, runtime, *, max_input_len: int, max_output_len: int, normalize_log_probs: bool = False):
+    def __init__(self, runtime, *, max_input_len: int, max_output_len: int, normalize_log_probs: bool = False,
+                 max_prompt_rows: int | None = None):
         self.runtime = runtime
         self.max_input_len = max_input_len
         self.max_output_len = max_output_len
+        self.max_prompt_rows = max_prompt_rows  # prompt-table rows one request may bring (limits); None: any
         self.normalize_log_probs = normalize_log_probs
 
     @classmethod
@@ -78,7 +80,8 @@ class LlmHandler:
 
             torch.set_num_threads(threads)  # this model's stub process only
         limits = rq.repository_limits(root)
-        return cls(runtime, max_input_len=limits.max_input_len, max_output_len=limits.max_output_len)
+        return cls(runtime, max_input_len=limits.max_input_len, max_output_len=limits.max_output_len,
+                   max_prompt_rows=limits.prompt_table_rows_per_request)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> LlmRequest:
         """One request's tensors -> LlmRequest; RequestError on anything the engine would reject."""
@@ -88,8 +91,11 @@ class LlmHandler:
         if ids is None or np.asarray(ids).size == 0:
             raise RequestError("input_ids is empty.")
         ids = np.asarray(ids).reshape(-1)
-        length = rq.first(inputs.get("input_lengths"), ids.size)
-        ids = [int(i) for i in ids[:int(length)]]
+        length = int(rq.first(inputs.get("input_lengths"), ids.size))
+        if not 1 <= length <= ids.size:
+            raise RequestError(f"input_lengths {length} does not fit input_ids' {ids.size} ids: send the number of "
+                               "ids of the prompt (1 to its length).")
+        ids = [int(i) for i in ids[:length]]
         if len(ids) > self.max_input_len:
             raise RequestError(f"input_lengths {len(ids)} exceeds max_input_len {self.max_input_len}.")
         out_len = int(rq.first(inputs.get("request_output_len"), 0))
@@ -97,7 +103,15 @@ class LlmHandler:
             raise RequestError(f"request_output_len {out_len} must be between 1 and {self.max_output_len}.")
         table = inputs.get("prompt_embedding_table")
         vocab = int(rq.first(inputs.get("prompt_vocab_size"), 0))
-        table = None if table is None or vocab == 0 else np.asarray(table, dtype=np.float32).reshape(-1, self.runtime.hidden_size)[:vocab]
+        if self.max_prompt_rows is not None and vocab > self.max_prompt_rows:
+            raise RequestError(f"prompt_vocab_size {vocab} exceeds the {self.max_prompt_rows} prompt-table rows one "
+                               "request may bring (max_images x tiles x tokens per tile): send fewer images or tiles.")
+        if table is not None and vocab > 0:
+            table = np.asarray(table, dtype=np.float32)
+            if table.size % self.runtime.hidden_size or table.size // self.runtime.hidden_size < vocab:
+                raise RequestError(f"prompt_embedding_table {list(table.shape)} does not hold prompt_vocab_size {vocab} "
+                                   f"rows of hidden size {self.runtime.hidden_size}.")
+        table = None if table is None or vocab == 0 else table.reshape(-1, self.runtime.hidden_size)[:vocab]
         for name in ("return_context_logits", "return_generation_logits"):
             if rq.first(inputs.get(name), False):
                 raise RequestError(f"{name}: this engine does not gather logits (built without "
@@ -105,7 +119,7 @@ class LlmHandler:
         try:
             generation = GenerationRequest(
                 input_ids=ids, prompt_table=table, max_new_tokens=out_len,
-                end_id=_opt_int(rq.first(inputs.get("end_id"))), pad_id=_opt_int(rq.first(inputs.get("pad_id"))),
+                end_id=_token_id(rq.first(inputs.get("end_id"))), pad_id=_token_id(rq.first(inputs.get("pad_id"))),
                 **sampling_fields(inputs), stop_words=word_lists(inputs.get("stop_words_list")),
                 return_log_probs=bool(rq.first(inputs.get("return_log_probs"), False)))
             self.runtime.check(generation)  # out-of-range values are this request's error, before the batch runs
@@ -174,6 +188,11 @@ def check_sampling(inputs: Mapping[str, np.ndarray | None]) -> None:
         raise
     except (DeployError, ValueError, TypeError, OverflowError) as exc:
         raise RequestError(str(exc)) from None
+
+
+def _token_id(value) -> int | None:
+    """end_id / pad_id: -1 (or absent) is none; any other value is a token id, checked by the runtime."""
+    return None if value is None or int(value) == -1 else int(value)
 
 
 def _opt_int(value) -> int | None:

@@ -93,7 +93,7 @@ class PackageOptions:
     # decoupled (default): streaming through the gRPC stream; not decoupled: unary ModelInfer works (what
     # tensorrtllm_backend clients use when not streaming) and streaming is refused. Triton decides per model.
     decoupled_mode: bool = True
-    # vision_encoder (engineer F, issue 12): per-tile embedding cache bound (0 disables), Triton dynamic
+    # vision_encoder (issue 12): per-tile embedding cache bound (0 disables), Triton dynamic
     # batching of concurrent image requests (queue delay in us; None: no dynamic batching), ONNX Runtime
     # worker threads spinning (off: they would take the decoder's cores between calls)
     vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES

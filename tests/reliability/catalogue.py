@@ -6,9 +6,8 @@ Data, walked by tests/reliability/test_catalogue.py:
   (compared case-insensitively); None means the request must be answered (formats we accept).
 - CLI_CASES run `nvlm-deploy` commands in-process on copies of the test artifacts: exit 1, a message
   containing `expect`, no traceback.
-`owner` names the engineer whose pending fix a case waits for (issue 14's split: B decoder and
-sampling, C images and prompts, D artifacts, F vision encoder); those cases are xfail(strict=False)
-until the fix lands.
+`pending` says why a case is not refused yet; such cases are xfail(strict=False), so that the day
+they pass they are seen (then drop the field).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class RequestCase:
     model: str
     inputs: Callable[[], Tensors]
     expect: str | None  # substring of the error; None: must be answered
-    owner: str | None = None  # whose pending fix this waits for (xfail strict=False)
+    pending: str | None = None  # why it is not refused yet (xfail strict=False)
     check: Callable[[dict], str | None] | None = None  # for answered cases: outputs -> problem or None
 
 
@@ -46,7 +45,7 @@ class CliCase:
     id: str
     argv: Callable[["CliContext"], list[str]]  # may prepare files in the context first
     expect: str
-    owner: str | None = None
+    pending: str | None = None
 
 
 @dataclass
@@ -241,7 +240,7 @@ REQUEST_CASES: tuple[RequestCase, ...] = (
     RequestCase("length-penalty-nan", ENTRY, bls(length_penalty=scalar("FP32", NAN)), "len"),
     RequestCase("min-tokens-negative", ENTRY, bls(min_tokens=scalar("INT32", -2)), "min_tokens"),
     RequestCase("end-id-outside-vocab", ENTRY, bls(end_id=scalar("INT32", 10_000_000)), "end_id"),
-    RequestCase("pad-id-negative", ENTRY, bls(pad_id=scalar("INT32", -7)), "pad_id", owner="B"),
+    RequestCase("pad-id-negative", ENTRY, bls(pad_id=scalar("INT32", -7)), "pad_id"),
     RequestCase("beam-width-two", ENTRY, bls(beam_width=scalar("INT32", 2)), "beam"),
     RequestCase("num-return-sequences-two", ENTRY, bls(num_return_sequences=scalar("INT32", 2)), "num_return_sequences"),
     RequestCase("context-logits", ENTRY, bls(return_context_logits=scalar("BOOL", True)), "logits"),
@@ -271,14 +270,15 @@ REQUEST_CASES: tuple[RequestCase, ...] = (
     RequestCase("decoder-ids-outside-vocab", "tensorrt_llm", decoder([1, 2, 10_000_000]), "vocab_size"),
     RequestCase("decoder-ids-negative", "tensorrt_llm", decoder([1, -5, 3]), "input_ids"),
     RequestCase("decoder-lengths-disagree", "tensorrt_llm",
-                decoder(input_lengths=("INT32", np.array([[99]], np.int32))), "input_lengths", owner="B"),
+                decoder(input_lengths=("INT32", np.array([[99]], np.int32))), "input_lengths"),
     RequestCase("decoder-prompt-table-over-limit", "tensorrt_llm",
                 lambda: decoder(prompt_embedding_table=("FP32", np.zeros((1, _TABLE_ROWS + 1, _hidden()), np.float32)),
                                 prompt_vocab_size=("INT32", np.array([[_TABLE_ROWS + 1]], np.int32)))(),
-                "prompt", owner="B"),
+                "prompt"),
     RequestCase("postprocessing-ids-outside-vocab", "postprocessing",
                 lambda: {"TOKENS_BATCH": ("INT32", np.array([[[10_000_000]]], np.int32)),
-                         "SEQUENCE_LENGTH": ("INT32", np.array([[1]], np.int32))}, "token", owner="C"),
+                         "SEQUENCE_LENGTH": ("INT32", np.array([[1]], np.int32))}, "token",
+                pending="postprocessing decodes ids it does not know as nothing: image slots of an echoed prompt are such ids"),
 )
 
 CLI_CASES: tuple[CliCase, ...] = ()  # filled in by cli_cases (below), kept beside the request cases

@@ -13,8 +13,8 @@ GOOD_TOKENS = 4
 
 
 def _marks(case) -> list:
-    if case.owner:
-        return [pytest.mark.xfail(strict=False, reason=f"waits for engineer {case.owner}'s fix (issue 14)")]
+    if case.pending:
+        return [pytest.mark.xfail(strict=False, reason=case.pending)]
     return []
 
 

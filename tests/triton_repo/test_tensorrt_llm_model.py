@@ -85,7 +85,7 @@ BAD = {
     "request_output_len 0": (dict(max_tokens=0), "between 1 and 64"),
     "empty input_ids": (dict(input_ids=[]), "input_ids is empty"),
     "end_id outside the vocabulary": (dict(eos=5000), "end_id 5000 is outside the vocabulary"),
-    "prompt table of the wrong width": (dict(table=np.zeros((3, 5), np.float32)), "bad request: ValueError"),
+    "prompt table of the wrong width": (dict(table=np.zeros((3, 5), np.float32)), "does not hold prompt_vocab_size 3 rows"),
 }
 
 

@@ -47,5 +47,5 @@ class TritonPythonModel:
         # drop the Metric/MetricFamily objects while the stub is alive: left to ~Stub (which drops the model
         # after its own instance pointer is gone), their destructors reach a null shared-memory pool and the
         # stub segfaults in Metric::SaveToSharedMemory at every shutdown (python_backend r24.10 src/metric.cc,
-        # src/pb_stub.cc ~Stub; engineer G, issue 14)
+        # src/pb_stub.cc ~Stub; issue 14)
         self.metrics = None
