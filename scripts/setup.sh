@@ -19,6 +19,6 @@ pip_q() {
 }
 echo "[setup] installing torch==2.13.0"
 pip_q torch==2.13.0
-echo "[setup] installing nvlm-deploy and its dependencies"
-pip_q -e ".[test]"
+echo "[setup] installing nvlm-deploy, its dependencies and the test and quant extras (nvidia-modelopt: the quantization tests run)"
+pip_q -e ".[test,quant]"
 .venv/bin/python -c "import torch, nvlm_deploy; print('[setup] torch', torch.__version__, '| nvlm-deploy', nvlm_deploy.__version__)"
