@@ -44,3 +44,14 @@ def test_ids_outside_the_tokenizer_are_dropped_and_the_next_request_is_served(mo
     assert text(response) == [make_decode(reference.tokenizer)(ids).encode()]
     (after,) = model.execute([ids_request(ids)])
     assert text(after) == [make_decode(reference.tokenizer)(ids).encode()]
+
+
+@pytest.mark.parametrize("bad", [-1, 10_000_000])
+def test_ids_the_decoder_cannot_return_are_refused_alone(model, reference, bad):
+    """Past the vocabulary and the image slots (or negative): that request's error; its batch is served."""
+    from tests.triton_repo.in_process import error_message
+
+    ids = reference.tokenizer.encode("Hi")
+    wrong, right = model.execute([ids_request(ids + [bad]), ids_request(ids)])
+    assert f"token ids outside [0, {model.id_limit})" in error_message(wrong)
+    assert text(right) == [make_decode(reference.tokenizer)(ids).encode()]
