@@ -1,6 +1,6 @@
-"""Shared by the serving benchmarks (inflight_batching, serving_overhead): the demo model's CPU
-deployment built once per workdir (as tests/conftest.py builds the test repository), a packaged
-repository with optional config edits, a tritonserver around a block, and the script-mode output."""
+"""Shared by the benchmark modules: the demo model's CPU target (nvlm_deploy.bench.deployment), a
+packaged repository with optional config edits, a tritonserver around a block, and the script-mode
+output (`script_main`)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,8 @@ from pathlib import Path
 # small enough to keep requests quick; long enough for a long request next to short ones
 LIMITS = dict(max_images=2, max_tiles_before_thumbnail=2, max_input_len=1024, max_output_len=512, max_batch_size=8)
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def demo_target(workdir: Path, *, log=print) -> Path:
-    """engines dir with the demo model's fp32 onnx/ and trtllm_checkpoint/ (reused when present)."""
-    from nvlm_deploy.convert.llm_checkpoint import convert_llm_checkpoint
-    from nvlm_deploy.convert.vision_onnx import export_vision_onnx
-    from nvlm_deploy.demo.ask import SHIPPED_MODEL
-
-    target = workdir / "demo-cpu"
-    model = SHIPPED_MODEL
-    if not (target / "onnx").is_dir():
-        log(f"exporting the demo vision encoder to {target / 'onnx'}")
-        export_vision_onnx(model, target, dtype="fp32")
-    if not (target / "trtllm_checkpoint").is_dir():
-        log(f"converting the demo decoder to {target / 'trtllm_checkpoint'}")
-        convert_llm_checkpoint(model, target, dtype="fp32")
-    return target
+# the demo model's CPU target: one owner (nvlm_deploy.bench.deployment), re-exported for the serving benchmarks
+from nvlm_deploy.bench.deployment import demo_target  # noqa: E402,F401
 
 
 def demo_repository(target: Path, name: str, *, edits: dict[str, list[tuple[str, str]]] | None = None) -> Path:
@@ -59,21 +44,11 @@ def serving(repo: Path):
         server.stop()
 
 
-def markdown(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def script_main(run, name: str) -> None:
     """`python benchmarks/<name>.py [--quick] [--workdir DIR]`: run, print the table, write results/<name>.json."""
     import argparse
+
+    from nvlm_deploy.bench.report import markdown_table
 
     parser = argparse.ArgumentParser(description=run.__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -81,7 +56,7 @@ def script_main(run, name: str) -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     result = run(args.workdir, quick=args.quick)
-    print(f"## {result['title']}\n\n{markdown(result['rows'])}\n\ngoal: {result['goal']} -> met: {result['met']}\n"
+    print(f"## {result['title']}\n\n{markdown_table(result['rows'])}\n\ngoal: {result['goal']} -> met: {result['met']}\n"
           f"\n{result['notes']}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -13,10 +13,7 @@ concurrency 1 and then 2; the cache-on server's metrics endpoint gives the tile 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import tempfile
 from pathlib import Path
 
 CONFIGS = (("cache off, spinning on", dict(vision_cache_bytes=0, vision_onnx_spinning=True)),
@@ -73,19 +70,10 @@ def run(workdir: Path, quick: bool = False) -> dict:
             "met": met, "rows": rows, "samples": samples, "notes": notes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    from nvlm_deploy.bench.report import markdown_table
-
-    result = run(args.workdir or Path(tempfile.mkdtemp(prefix="nvlm-cache-")), quick=args.quick)
-    print(markdown_table(result["rows"]))
-    print(result["notes"])
-    out = Path(__file__).resolve().parent / "results" / "embedding_cache.json"
-    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-
-
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `benchmarks`
+    from benchmarks._serving import script_main
+
+    script_main(run, "embedding_cache")

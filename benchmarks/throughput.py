@@ -9,10 +9,7 @@ at concurrency 8 at least 2x concurrency 1 (needs in-flight batching in the CPU 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import tempfile
 from pathlib import Path
 
 CONCURRENCY = (1, 2, 4, 8)
@@ -61,19 +58,10 @@ def run(workdir: Path, quick: bool = False) -> dict:
                       + (f" Errors: {'; '.join(sorted(errors)[:3])}" if errors else ""))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    from nvlm_deploy.bench.report import markdown_table
-
-    result = run(args.workdir or Path(tempfile.mkdtemp(prefix="nvlm-throughput-")), quick=args.quick)
-    print(markdown_table(result["rows"]))
-    print(result["notes"])
-    out = Path(__file__).resolve().parent / "results" / "throughput.json"
-    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-
-
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `benchmarks`
+    from benchmarks._serving import script_main
+
+    script_main(run, "throughput")

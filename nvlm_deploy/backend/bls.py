@@ -82,18 +82,14 @@ class BlsHandler:
         """
         pre = self.preprocess(self._preprocessing_inputs(inputs))
         llm_inputs = self._llm_inputs(inputs, pre)
-        check_sampling(llm_inputs)  # refused here, not by a tensorrt_llm stream that ends at once
         if _has_images(pre):
             self._add_table(llm_inputs, pre, *self.encode(pre["PIXEL_VALUES"]))
         answer = _Answer(self, inputs, pre)
         responses = self.generate(llm_inputs)
         try:
             for outputs in responses:
-                if ended is not None and ended():
+                if not _relay(answer, outputs, send, ended):
                     return False
-                text = answer.push(outputs)
-                if text:
-                    send(text, None)
         finally:
             if hasattr(responses, "close"):  # a generator: its cleanup stops an unfinished generation
                 responses.close()
@@ -107,27 +103,17 @@ class BlsHandler:
         the caller's event loop. Same sends, same result as `run`."""
         pre = await _resolved(self.preprocess(self._preprocessing_inputs(inputs)))
         llm_inputs = self._llm_inputs(inputs, pre)
-        check_sampling(llm_inputs)  # refused here, not by a tensorrt_llm stream that ends at once
         if _has_images(pre):
             self._add_table(llm_inputs, pre, *await _resolved(self.encode(pre["PIXEL_VALUES"])))
         answer = _Answer(self, inputs, pre)
         responses = self.generate(llm_inputs)
+        stream = _each(responses)
         try:
-            if hasattr(responses, "__aiter__"):
-                async for outputs in responses:
-                    if ended is not None and ended():
-                        return False
-                    text = answer.push(outputs)
-                    if text:
-                        send(text, None)
-            else:
-                for outputs in responses:
-                    if ended is not None and ended():
-                        return False
-                    text = answer.push(outputs)
-                    if text:
-                        send(text, None)
+            async for outputs in stream:
+                if not _relay(answer, outputs, send, ended):
+                    return False
         finally:
+            await stream.aclose()  # the wrapper first, on this loop; then the generation itself
             if hasattr(responses, "aclose"):  # an async generator: its cleanup stops an unfinished generation
                 await responses.aclose()
             elif hasattr(responses, "close"):
@@ -148,6 +134,7 @@ class BlsHandler:
             "exclude_input_in_output": np.array([[True]], dtype=bool),
         }
         llm_inputs.update({dst: inputs[src] for src, dst in SAMPLING_INPUTS.items() if inputs.get(src) is not None})
+        check_sampling(llm_inputs)  # refused here, not by a tensorrt_llm stream that ends at once
         return llm_inputs
 
     def _add_table(self, llm_inputs: dict, pre: Tensors, table, vocab) -> None:
@@ -158,6 +145,26 @@ class BlsHandler:
 
 def _has_images(pre: Tensors) -> bool:
     return np.asarray(pre["PIXEL_VALUES"]).shape[1] > 0  # [1, T, 3, S, S]; text-only skips the encoder
+
+
+def _relay(answer: "_Answer", outputs, send, ended) -> bool:
+    """One tensorrt_llm response -> the client's next chunk (if any); False when `ended` says stop first."""
+    if ended is not None and ended():
+        return False
+    text = answer.push(outputs)
+    if text:
+        send(text, None)
+    return True
+
+
+async def _each(responses):
+    """tensorrt_llm's responses as an async iterator, whether `generate` gave an async or a plain one."""
+    if hasattr(responses, "__aiter__"):
+        async for outputs in responses:
+            yield outputs
+    else:
+        for outputs in responses:
+            yield outputs
 
 
 async def _resolved(value):

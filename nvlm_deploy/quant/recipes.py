@@ -53,6 +53,7 @@ class Recipe:
         from nvlm_deploy.trtllm.config import QuantConfig
 
         return QuantConfig(quant_algo=self.quant_algo, kv_cache_quant_algo="FP8" if kv_cache == "fp8" else None,
+                           # fp8 has no groups: 128 is QuantConfig's own default group_size (tensorrt_llm/models/modeling_utils.py)
                            group_size=group_size if self.int4 else 128, has_zero_point=False,
                            pre_quant_scale=self.int4, exclude_modules=["lm_head"])
 
