@@ -7,7 +7,7 @@ HELP = "quantize the Qwen2 decoder (fp8 | int4_awq) into a TensorRT-LLM checkpoi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nvlm_deploy.contracts.limits import add_limit_arguments
-    from nvlm_deploy.quant.quantize import DEFAULT_CALIB_SIZE
+    from nvlm_deploy.quant.quantize import CALIBRATIONS, DEFAULT_CALIB_SIZE, LAYERWISE
     from nvlm_deploy.quant.recipes import KV_CACHE_CHOICES, RECIPES
 
     req = parser.add_argument_group("required arguments")
@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "folder of images + prompts.txt")
     q.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE,
                    help=f"calibration requests (default {DEFAULT_CALIB_SIZE})")
+    q.add_argument("--calibration", default=LAYERWISE, choices=CALIBRATIONS,
+                   help="layerwise (default): one decoder layer in host memory at a time; whole-model: modelopt's "
+                        "documented flow over the whole model (same scales; --hf-out uses it)")
     q.add_argument("--gpu", help="GPU registry slug the checkpoint is for (e.g. a100-sxm-80gb): refuse a recipe it "
                                  "cannot run (fp8 needs SM 8.9+)")
     par = parser.add_argument_group("parallelism and precision")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from nvlm_deploy.quant.quantize import QuantizeOptions, check_gpu, preflight, quantize_checkpoint
 
     options = QuantizeOptions(recipe=args.recipe, kv_cache=args.kv_cache, group_size=args.group_size, tp=args.tp,
-                              pp=args.pp, calib=args.calib, calib_size=args.calib_size, dtype=args.dtype)
+                              pp=args.pp, calib=args.calib, calib_size=args.calib_size, dtype=args.dtype,
+                              calibration=args.calibration)
     if args.gpu:
         check_gpu(args.gpu, options)
     preflight(args.model, options)  # every refusal before the target's manifest is touched

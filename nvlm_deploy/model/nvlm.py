@@ -81,11 +81,16 @@ class NvlmModel(nn.Module):
         h = h.reshape(t, -1, h.shape[-1])  # [T, tokens_per_tile, c * 4]
         return self.mlp1(h)
 
-    def embed(self, input_ids: torch.Tensor, prompt_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings; ids >= vocab_size take row (id - vocab_size) of `prompt_table` [N, hidden]."""
+    def embed(self, input_ids: torch.Tensor, prompt_table: torch.Tensor | None = None, *,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Token embeddings; ids >= vocab_size take row (id - vocab_size) of `prompt_table` [N, hidden].
+
+        `dtype`: the result's dtype (default the embedding's), e.g. float32 rows from a bf16 embedding.
+        """
         emb = self.language_model.get_input_embeddings()
         is_image = input_ids >= self.vocab_size
         out = emb(torch.where(is_image, torch.zeros_like(input_ids), input_ids))
+        out = out if dtype is None else out.to(dtype)
         if is_image.any():
             if prompt_table is None:
                 raise DeployError("the prompt has image slots (ids >= vocab_size) but no image features were given.")

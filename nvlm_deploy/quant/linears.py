@@ -25,12 +25,31 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 @dataclass
 class CalibratedLinear:
-    """One HF linear after calibration (float32; `weight` already divided by pre_quant_scale for AWQ)."""
+    """One HF linear after calibration (float32; `weight` already divided by pre_quant_scale for AWQ).
 
-    weight: torch.Tensor  # [N, K]
+    `compact` replaces `weight` by its stored values (`values`: 1 byte per weight instead of 4), which
+    is what layer-by-layer calibration keeps of a finished layer.
+    """
+
+    weight: torch.Tensor | None  # [N, K] float32; None once compacted
     weight_scale: torch.Tensor  # fp8: [] ; int4: [N, K/G]
     activation_scale: torch.Tensor | None  # fp8: []
     pre_quant_scale: torch.Tensor | None  # int4: [K]
+    values: torch.Tensor | None = None  # [N, K] stored values: int4 in int8 (unpacked) or float8_e4m3fn
+
+    def stored_values(self, *, int4: bool, group_size: int) -> torch.Tensor:
+        """[N, K] what the checkpoint stores before splitting and packing (quant.formats)."""
+        from nvlm_deploy.quant import formats
+
+        if self.values is not None:
+            return self.values
+        if int4:
+            return formats.int4_quantize(self.weight, self.weight_scale, group_size)
+        return formats.fp8_quantize(self.weight, self.weight_scale)
+
+    def compact(self, *, int4: bool, group_size: int) -> None:
+        self.values = self.stored_values(int4=int4, group_size=group_size)
+        self.weight = None
 
 
 @dataclass
@@ -39,14 +58,17 @@ class CalibratedDecoder:
     kv_scales: dict[int, torch.Tensor]  # layer -> [] (max of the K and V scales), when the KV cache is quantized
 
 
-def collect(language_model, *, int4: bool, group_size: int, kv_cache: bool) -> CalibratedDecoder:
-    """Read every calibrated decoder linear (and KV scale) out of a modelopt-quantized Qwen2ForCausalLM."""
+def collect(language_model, *, int4: bool, group_size: int, kv_cache: bool, first_layer: int = 0) -> CalibratedDecoder:
+    """Read every calibrated decoder linear (and KV scale) out of a modelopt-quantized Qwen2ForCausalLM.
+
+    `first_layer`: the checkpoint index of the model's layer 0 (a one-layer model in layer-by-layer calibration).
+    """
     from modelopt.torch.export.quant_utils import (get_activation_scaling_factor, get_kv_cache_scaling_factor,
                                                    get_prequant_scaling_factor, get_weight_scaling_factor,
                                                    preprocess_linear_fusion)
 
     linears, kv_scales = {}, {}
-    for i, layer in enumerate(language_model.model.layers):
+    for i, layer in enumerate(language_model.model.layers, start=first_layer):
         for group in FUSED_GROUPS:
             preprocess_linear_fusion([layer.get_submodule(n) for n in group])
         for name in LINEARS:
@@ -69,9 +91,32 @@ def collect(language_model, *, int4: bool, group_size: int, kv_cache: bool) -> C
     return CalibratedDecoder(linears, kv_scales)
 
 
+def meta_decoder(llm, *, int4: bool, group_size: int, kv_cache: bool, padded: int) -> CalibratedDecoder:
+    """A compacted CalibratedDecoder of meta tensors with the real shapes: what the writer plans file headers from."""
+    heads, kv_heads, head_dim, hidden = llm.num_attention_heads, llm.num_key_value_heads, llm.head_dim, llm.hidden_size
+    shapes = {"self_attn.q_proj": (heads * head_dim, hidden), "self_attn.k_proj": (kv_heads * head_dim, hidden),
+              "self_attn.v_proj": (kv_heads * head_dim, hidden), "self_attn.o_proj": (hidden, heads * head_dim),
+              "mlp.gate_proj": (padded, hidden), "mlp.up_proj": (padded, hidden), "mlp.down_proj": (hidden, padded)}
+    meta = torch.device("meta")
+    linears = {}
+    for i in range(llm.num_hidden_layers):
+        for name, (n, k) in shapes.items():
+            if int4:
+                lin = CalibratedLinear(None, torch.empty(n, k // group_size, device=meta), None,
+                                       torch.empty(k, device=meta), torch.empty(n, k, dtype=torch.int8, device=meta))
+            else:
+                lin = CalibratedLinear(None, torch.empty((), device=meta), torch.empty((), device=meta), None,
+                                       torch.empty(n, k, dtype=torch.float8_e4m3fn, device=meta))
+            linears[f"{HF_PREFIX}model.layers.{i}.{name}.weight"] = lin
+    kv = {i: torch.empty((), device=meta) for i in range(llm.num_hidden_layers)} if kv_cache else {}
+    return CalibratedDecoder(linears, kv)
+
+
 def pad_intermediate(decoder: CalibratedDecoder, *, num_layers: int, intermediate: int, padded: int,
-                     group_size: int) -> None:
+                     group_size: int, layers=None) -> None:
     """Zero-pad the MLP to `padded` (int4 + tp): gate/up rows, down columns; padded groups get scale 1.
+
+    `layers`: the layers to pad (default all `num_layers`), e.g. the one just calibrated.
 
     The padded fc/gate rows output 0 (no bias), SiLU(0) * 0 = 0, and the zero proj columns add 0,
     so the function is unchanged (tests/quant prove it on a model whose group count per rank is odd).
@@ -79,14 +124,16 @@ def pad_intermediate(decoder: CalibratedDecoder, *, num_layers: int, intermediat
     extra = padded - intermediate
     if extra <= 0:
         return
-    for i in range(num_layers):
+    for i in range(num_layers) if layers is None else layers:
         prefix = f"{HF_PREFIX}model.layers.{i}.mlp."
         for name in ("gate_proj", "up_proj"):  # column-parallel: [I, H] rows
             lin = decoder.linears[f"{prefix}{name}.weight"]
-            lin.weight = torch.cat([lin.weight, lin.weight.new_zeros(extra, lin.weight.shape[1])])
+            lin.weight, lin.values = (None if t is None else torch.cat([t, t.new_zeros(extra, t.shape[1])])
+                                      for t in (lin.weight, lin.values))
             lin.weight_scale = torch.cat([lin.weight_scale, lin.weight_scale.new_ones(extra, lin.weight_scale.shape[1])])
         down = decoder.linears[f"{prefix}down_proj.weight"]  # row-parallel: [H, I] columns
-        down.weight = torch.cat([down.weight, down.weight.new_zeros(down.weight.shape[0], extra)], dim=1)
+        down.weight, down.values = (None if t is None else torch.cat([t, t.new_zeros(t.shape[0], extra)], dim=1)
+                                    for t in (down.weight, down.values))
         down.weight_scale = torch.cat([down.weight_scale,
                                        down.weight_scale.new_ones(down.weight_scale.shape[0], extra // group_size)], dim=1)
         down.pre_quant_scale = torch.cat([down.pre_quant_scale, down.pre_quant_scale.new_ones(extra)])

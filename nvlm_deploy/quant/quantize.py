@@ -1,12 +1,17 @@
 """HF NVLM-D -> quantized TensorRT-LLM checkpoint (fp8 / int4_awq / int4_rtn), calibrated on CPU.
 
-Steps: load the reference model (vision encoder + projector stay in the model dtype and only make
-the calibration prompt tables); build calibration requests (`quant.calibration`); modelopt
-calibrates the Qwen2 decoder (`mtq.quantize` with the recipe's config); the calibrated linears are
-read out (`quant.linears`), the MLP zero-padded for int4 with tp > 1 when the group count per rank
-would not be whole, and the checkpoint written through the project's name table and splits
-(`quant.trtllm_checkpoint`) into `<target>/trtllm_checkpoint/`, atomically, with a manifest that
-records the recipe, calibration set and padding.
+Steps: build calibration requests with the reference vision encoder + projector (they stay in the
+model dtype and only make the prompt tables; `quant.calibration`); modelopt calibrates the Qwen2
+decoder with the recipe's config; the calibrated linears are read out (`quant.linears`), the MLP
+zero-padded for int4 with tp > 1 when the group count per rank would not be whole, and the
+checkpoint written through the project's name table and splits (`quant.trtllm_checkpoint`) into
+`<target>/trtllm_checkpoint/`, atomically, with a manifest that records the recipe, calibration
+set and padding.
+
+Two calibrations write the same checkpoint, byte for byte (tests/quant/test_quantize.py):
+- "layerwise" (default): one decoder layer in memory at a time (`quant.layerwise`);
+- "whole-model": modelopt's documented flow over the whole reference model, needed for `--hf-out`
+  (modelopt's unified HF export takes the whole quantized model).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from nvlm_deploy.errors import DeployError
 
 CHECKPOINT_STAGE = "trtllm_checkpoint"
 DEFAULT_CALIB_SIZE = 32  # TensorRT-LLM's quantize.py caps AWQ calibration at 32 samples
+LAYERWISE, WHOLE_MODEL = "layerwise", "whole-model"
+CALIBRATIONS = (LAYERWISE, WHOLE_MODEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +37,7 @@ class QuantizeOptions:
     calib: str = "demo"
     calib_size: int = DEFAULT_CALIB_SIZE
     dtype: str = "bf16"  # the checkpoint's model dtype (unquantized tensors, int4 scales)
+    calibration: str = LAYERWISE  # CALIBRATIONS; --hf-out needs WHOLE_MODEL
 
 
 def check_options(llm, options: QuantizeOptions) -> None:
@@ -38,6 +46,8 @@ def check_options(llm, options: QuantizeOptions) -> None:
     from nvlm_deploy.trtllm import splits
 
     r = recipe(options.recipe)
+    if options.calibration not in CALIBRATIONS:
+        raise DeployError(f"--calibration {options.calibration!r} is not one of {CALIBRATIONS}.")
     if options.kv_cache not in KV_CACHE_CHOICES:
         raise DeployError(f"--kv-cache {options.kv_cache!r} is not one of {KV_CACHE_CHOICES}.")
     splits.check_tp(num_heads=llm.num_attention_heads, num_kv_heads=llm.num_key_value_heads, tp=options.tp)
@@ -89,14 +99,22 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, options: Qua
     from nvlm_deploy.contracts.target import Target
 
     model_dir = Path(model_dir)
+    if hf_out is not None and options.calibration != WHOLE_MODEL:
+        options = dataclasses.replace(options, calibration=WHOLE_MODEL)  # modelopt's HF export takes the whole model
     config = preflight(model_dir, options)
     prec = precision(options.dtype)
-    model, decoder, padded = calibrate(model_dir, options)
     target = Target(out_dir)
     target.settle_limits(config, model_dir=model_dir, choices={})
+    model = None
     with atomic_output_dir(target.dir(CHECKPOINT_STAGE), force=force) as tmp:
-        write_checkpoint(tmp, model, decoder, options, padded=padded, dtype=prec)
-        _write_manifest(tmp, model_dir, options, prec=prec, llm=config.llm, padded=padded)
+        if options.calibration == LAYERWISE:
+            from nvlm_deploy.quant.layerwise import write_layerwise
+
+            padded = write_layerwise(model_dir, tmp, options, dtype=prec)
+        else:
+            model, decoder, padded = calibrate(model_dir, options)
+            write_checkpoint(tmp, model, decoder, options, padded=padded, dtype=prec)
+        write_checkpoint_manifest(tmp, model_dir, options, prec=prec, llm=config.llm, padded=padded)
     if hf_out is not None:
         from nvlm_deploy.quant.hf_export import export_unified_hf
 
@@ -113,7 +131,7 @@ def calibrate(model_dir: Path, options: QuantizeOptions):
     from nvlm_deploy.preprocess.request import Preprocessor
     from nvlm_deploy.quant import linears
     from nvlm_deploy.quant.calibration import calibration_requests, forward_loop
-    from nvlm_deploy.quant.recipes import padded_intermediate, recipe
+    from nvlm_deploy.quant.recipes import recipe
 
     r = recipe(options.recipe)
     mtq = require("modelopt.torch.quantization", extra="quant", purpose=f"quantize --recipe {r.name}")
@@ -126,19 +144,17 @@ def calibrate(model_dir: Path, options: QuantizeOptions):
     decoder = linears.collect(model.language_model, int4=r.int4, group_size=options.group_size,
                               kv_cache=options.kv_cache == "fp8")
     llm = model.config.llm
-    padded = llm.intermediate_size
-    if r.int4 and options.tp > 1:
-        padded = padded_intermediate(llm.intermediate_size, group_size=options.group_size, tp=options.tp)
+    padded = padded_mlp_width(llm, options)
+    if padded != llm.intermediate_size:
         linears.pad_intermediate(decoder, num_layers=llm.num_hidden_layers, intermediate=llm.intermediate_size,
                                  padded=padded, group_size=options.group_size)
     return model, decoder, padded
 
 
 def write_checkpoint(directory: Path, model, decoder, options: QuantizeOptions, *, padded: int, dtype) -> None:
-    """config.json + rank files of the calibrated model into `directory`."""
+    """config.json + rank files of a calibrated reference model (whole-model calibration) into `directory`."""
     from nvlm_deploy.quant.recipes import recipe
     from nvlm_deploy.quant.trtllm_checkpoint import rank_tensors, write_rank_files
-    from nvlm_deploy.trtllm.config import TrtllmConfig
     from nvlm_deploy.trtllm.names import HF_PREFIX, plan_tensors
     from nvlm_deploy.trtllm.rank_files import RankLayout
 
@@ -151,14 +167,30 @@ def write_checkpoint(directory: Path, model, decoder, options: QuantizeOptions, 
     layout = RankLayout(tp=options.tp, pp=options.pp, num_layers=llm.num_hidden_layers)
     tensors = rank_tensors(targets, lambda n: state[n].float(), decoder, layout, dtype=dtype.torch_dtype(),
                            num_kv_heads=llm.num_key_value_heads, int4=r.int4, group_size=options.group_size)
-    config = TrtllmConfig.from_llm(llm, tp=options.tp, pp=options.pp, precision=dtype)
-    config = dataclasses.replace(config, intermediate_size=padded,
-                                 quantization=r.quant_config(group_size=options.group_size, kv_cache=options.kv_cache))
-    config.write(directory)
+    checkpoint_config(llm, options, padded=padded, dtype=dtype).write(directory)
     write_rank_files(directory, tensors)
 
 
-def _write_manifest(directory: Path, model_dir: Path, options: QuantizeOptions, *, prec, llm, padded: int) -> None:
+def padded_mlp_width(llm, options: QuantizeOptions) -> int:
+    """The MLP width the checkpoint holds: zero-padded for int4 with tp > 1 so each rank holds whole groups."""
+    from nvlm_deploy.quant.recipes import padded_intermediate, recipe
+
+    if recipe(options.recipe).int4 and options.tp > 1:
+        return padded_intermediate(llm.intermediate_size, group_size=options.group_size, tp=options.tp)
+    return llm.intermediate_size
+
+
+def checkpoint_config(llm, options: QuantizeOptions, *, padded: int, dtype):
+    """The quantized checkpoint's TrtllmConfig: the decoder's, with the padded MLP width and the recipe's QuantConfig."""
+    from nvlm_deploy.quant.recipes import recipe
+    from nvlm_deploy.trtllm.config import TrtllmConfig
+
+    config = TrtllmConfig.from_llm(llm, tp=options.tp, pp=options.pp, precision=dtype)
+    return dataclasses.replace(config, intermediate_size=padded, quantization=recipe(options.recipe).quant_config(
+        group_size=options.group_size, kv_cache=options.kv_cache))
+
+
+def write_checkpoint_manifest(directory: Path, model_dir: Path, options: QuantizeOptions, *, prec, llm, padded: int) -> None:
     from nvlm_deploy.artifacts import input_hashes
     from nvlm_deploy.contracts.manifest import TrtllmCheckpointManifest, tool_versions, write_manifest
     from nvlm_deploy.trtllm.config import ROTARY_SCALING_REASON

@@ -59,7 +59,7 @@ def rank_tensors(targets: list[PlannedTensor], source, decoder: CalibratedDecode
                 continue
             lins = [decoder.linears[n] for n in target.sources]
             if int4:
-                values = [formats.int4_quantize(lin.weight, lin.weight_scale, group_size) for lin in lins]
+                values = [lin.stored_values(int4=True, group_size=group_size) for lin in lins]
                 out[rank][local] = formats.pack_int4(piece(values))
                 out[rank][names.scale_name(local, names.WEIGHTS_SCALING_FACTOR)] = \
                     piece([lin.weight_scale for lin in lins]).to(dtype)
@@ -69,7 +69,13 @@ def rank_tensors(targets: list[PlannedTensor], source, decoder: CalibratedDecode
             else:
                 scale = torch.stack([lin.weight_scale for lin in lins]).max()
                 act = torch.stack([lin.activation_scale for lin in lins]).max()
-                values = [formats.fp8_quantize(lin.weight, scale).view(torch.int8) for lin in lins]
+                # fused parts quantize with one scale, the max; compacted parts were quantized with their own,
+                # which is that max after modelopt's preprocess_linear_fusion (checked, not assumed)
+                if any(lin.values is not None for lin in lins) and not scale.is_meta and \
+                        not all(torch.equal(lin.weight_scale.reshape(()), scale) for lin in lins):
+                    raise ValueError(f"{target.name}: compacted FP8 parts {target.sources} have different weight scales")
+                values = [(formats.fp8_quantize(lin.weight, scale) if lin.values is None else lin.values).view(torch.int8)
+                          for lin in lins]
                 out[rank][local] = piece(values).contiguous()
                 out[rank][names.scale_name(local, names.WEIGHTS_SCALING_FACTOR)] = scale.reshape(1).float()
                 out[rank][names.scale_name(local, names.ACTIVATION_SCALING_FACTOR)] = act.reshape(1).float()
@@ -96,3 +102,51 @@ def write_rank_files(directory: Path, tensors: list[dict[str, torch.Tensor]]) ->
         writer.close()
         specs.append(spec)
     verify_rank_files(directory, specs)
+
+
+class StreamingRankFiles:
+    """Every rank file open at once, headers planned up front, tensors written as their layer is ready.
+
+    Layer-by-layer calibration hands each finished layer here, so no finished layer stays in memory.
+    The files are byte for byte what `write_rank_files` writes for the same tensors: the same order
+    (`names.plan_tensors`' file order, KV scales last), written in that order so every file is
+    hashed on the way out.
+    """
+
+    def __init__(self, directory: Path, targets: list[PlannedTensor], source, layout: RankLayout, *, shape,
+                 plan: CalibratedDecoder, dtype: torch.dtype, num_kv_heads: int, int4: bool, group_size: int):
+        """`source` as `rank_tensors`'; `shape`: HF name -> its shape (read from the header, no data);
+        `plan`: a decoder of meta tensors with the real shapes (`linears.meta_decoder`)."""
+        self.directory, self.targets, self.source, self.layout = directory, targets, source, layout
+        self.kw = dict(dtype=dtype, num_kv_heads=num_kv_heads, int4=int4, group_size=group_size)
+        meta_source = lambda name: torch.empty(shape(name), device="meta")  # noqa: E731 (shapes only)
+        self.specs = [{n: (t.dtype, tuple(t.shape)) for n, t in planned.items()}
+                      for planned in rank_tensors(targets, meta_source, plan, layout, **self.kw)]
+        self.writers = [SafetensorsWriter(directory / rank_file(r), spec) for r, spec in enumerate(self.specs)]
+        self.kv_scales: dict[int, torch.Tensor] = {}
+        first_layer = next(i for i, t in enumerate(targets) if t.layer is not None)
+        self._write(targets[:first_layer], CalibratedDecoder({}, {}))  # the embedding: file order puts it first
+
+    def add_layer(self, layer: int, decoder: CalibratedDecoder) -> None:
+        """Write one calibrated layer's tensors on every rank that holds it (layers must come in order)."""
+        self._write([t for t in self.targets if t.layer == layer], CalibratedDecoder(decoder.linears, {}))
+        self.kv_scales.update(decoder.kv_scales)
+
+    def finish(self) -> list[dict]:
+        """Write ln_f, lm_head and the KV scales, close and re-read every file; returns the specs."""
+        last_layer = max(i for i, t in enumerate(self.targets) if t.layer is not None)
+        self._write(self.targets[last_layer + 1:], CalibratedDecoder({}, self.kv_scales))
+        for writer in self.writers:
+            writer.close()
+        verify_rank_files(self.directory, self.specs)
+        return self.specs
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            writer.file.close()
+
+    def _write(self, targets: list[PlannedTensor], decoder: CalibratedDecoder) -> None:
+        tensors = rank_tensors(targets, self.source, decoder, self.layout, **self.kw)
+        for writer, rank_tensors_ in zip(self.writers, tensors):
+            for name, t in rank_tensors_.items():
+                writer.write(name, t.contiguous())

@@ -16,11 +16,7 @@ from nvlm_deploy.runtime.decoder import GenerationRequest, TrtllmCheckpointRunti
 
 pytest.importorskip("modelopt.torch.quantization")
 
-LAYOUTS = [(1, 1), (2, 1), (2, 2)]
-RECIPES = {
-    "fp8": QuantizeOptions(recipe="fp8", kv_cache="fp8", calib_size=3, dtype="fp32"),
-    "int4_awq": QuantizeOptions(recipe="int4_awq", group_size=64, calib_size=3, dtype="fp32"),
-}
+from tests.quant.conftest import LAYOUTS, RECIPES  # noqa: E402
 
 
 def _request(vocab: int, hidden: int):
@@ -49,14 +45,14 @@ def _fake_quant_logits(model, ids, table, rt):
 
 
 @pytest.fixture(scope="module", params=sorted(RECIPES))
-def quantized(request, tiny_checkpoint, tmp_path_factory):
-    """(recipe, calibrated model, {(tp, pp): checkpoint dir})."""
+def quantized(request, tmp_path_factory, whole_model_calibration):
+    """(recipe, calibrated model, {(tp, pp): checkpoint dir}) from modelopt's whole-model calibration."""
     from nvlm_deploy.contracts.precision import precision
 
     options = RECIPES[request.param]
     root = tmp_path_factory.mktemp(f"quant-{request.param}")
     dirs = {}
-    model, decoder, padded = calibrate(tiny_checkpoint, options)  # no padding: group 64 divides every rank's width
+    model, decoder, padded = whole_model_calibration(request.param)  # no padding: group 64 divides every rank's width
     for tp, pp in LAYOUTS:
         opts = dataclasses.replace(options, tp=tp, pp=pp)
         out = root / f"tp{tp}pp{pp}"
@@ -109,3 +105,41 @@ def test_int4_padding_keeps_the_function_when_groups_per_rank_are_odd(tmp_path):
     ids, table = _request(model.vocab_size, 256)
     got, want = _runtime_logits(rt, ids, table), _fake_quant_logits(model, ids, table, rt)
     assert torch.allclose(got, want, atol=2e-4 * want.abs().max(), rtol=0), (got - want).abs().max()
+
+
+@pytest.mark.slow
+def test_layerwise_calibration_writes_the_whole_model_flows_checkpoint(quantized, tiny_checkpoint, tmp_path):
+    """One layer at a time, each written as it finishes (quant.layerwise): the same rank files, byte for byte."""
+    from nvlm_deploy.contracts.precision import precision
+    from nvlm_deploy.quant.layerwise import write_layerwise
+
+    name, model, dirs = quantized
+    opts = dataclasses.replace(RECIPES[name], tp=2, pp=2)
+    assert write_layerwise(tiny_checkpoint, tmp_path, opts, dtype=precision("fp32")) == model.config.llm.intermediate_size
+    for f in ["config.json"] + [f"rank{rank}.safetensors" for rank in range(4)]:
+        assert (tmp_path / f).read_bytes() == (dirs[(2, 2)] / f).read_bytes(), f
+
+
+def test_padding_a_compacted_linear_stores_what_padding_the_float_weight_stores():
+    from nvlm_deploy.quant import formats
+    from nvlm_deploy.quant.linears import CalibratedDecoder, CalibratedLinear, pad_intermediate
+
+    def decoder(compact):
+        lins = {}
+        for name, (n, k) in {"gate_proj": (384, 128), "up_proj": (384, 128), "down_proj": (128, 384)}.items():
+            gen = torch.Generator().manual_seed(n + k + len(name))
+            w = torch.randn(n, k, generator=gen)
+            lin = CalibratedLinear(w, formats.int4_group_scales(w, 64), None, torch.rand(k, generator=gen) + 0.5)
+            if compact:
+                lin.compact(int4=True, group_size=64)
+            lins[f"language_model.model.layers.0.mlp.{name}.weight"] = lin
+        return CalibratedDecoder(lins, {})
+
+    plain, compacted = decoder(False), decoder(True)
+    for d in (plain, compacted):
+        pad_intermediate(d, num_layers=1, intermediate=384, padded=512, group_size=64)
+    for name, lin in plain.linears.items():
+        other = compacted.linears[name]
+        assert torch.equal(lin.stored_values(int4=True, group_size=64), other.values), name
+        assert torch.equal(lin.weight_scale, other.weight_scale) and torch.equal(lin.pre_quant_scale, other.pre_quant_scale)
+    assert compacted.linears["language_model.model.layers.0.mlp.down_proj.weight"].values.shape == (128, 512)
