@@ -24,7 +24,7 @@ from pathlib import Path
 # The measurements issue 12 asks for, in report order; a module of these that does not exist yet is
 # reported as missing. Other modules found in the directory run after them.
 EXPECTED = ("preprocess", "serving_overhead", "inflight_batching", "throughput", "embedding_cache",
-            "llm_convert_speed", "llm_convert_memory", "quantize_memory", "soak")
+            "vision_batching", "llm_convert_speed", "llm_convert_memory", "quantize_memory", "soak")
 
 # Modules left out of a default run (the reason is printed and reported); `--only NAME` or `--full` runs them.
 HEAVY = {"vision_export_6b": "peaks near 11 GiB RAM and takes several minutes per dtype"}
