@@ -2,7 +2,7 @@
 
 Writes a synthetic HF checkpoint (hidden 8192, intermediate 29568, 64/8 heads, vocab 152064; q/k/v
 in fp32 and the rest in bf16 as NVLM-D-72B stores them; about 8.8 GB, largest tensor 2.5 GB), then,
-each in a fresh process so that peak RSS (ru_maxrss) is its own: a plain copy of the same files
+each in a fresh process so that peak RSS (VmHWM, `bench.machine.peak_rss_bytes`) is its own: a plain copy of the same files
 (the wall-time baseline, before and after), the conversion at tp 1, the conversion at tp 4. Reports peak RSS against
 the bound 1.5 x largest tensor + 0.5 GB and wall time against the copy.
 
@@ -95,10 +95,22 @@ def child(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (imported before the baseline RSS, as the conversion imports it)
 
     import nvlm_deploy.convert.llm_checkpoint as llm_checkpoint
+    # What the conversion imports on first use, as `nvlm-deploy` has by the time it converts: start-up
+    # is neither conversion nor copy, so neither case's clock counts it.
+    import nvlm_deploy.contracts.target  # noqa: F401
+    import nvlm_deploy.model.checkpoint  # noqa: F401
+    import nvlm_deploy.progress  # noqa: F401
+    import nvlm_deploy.quant.hf_format  # noqa: F401  (CheckpointIndex.open's; the CLI's limits report opens it first)
+    import safetensors  # noqa: F401
 
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from nvlm_deploy.bench.machine import peak_rss_bytes
+
+    base_bytes = peak_rss_bytes()
+    cpu_start = _cpu_s()
     start = time.perf_counter()
-    if args.child == "copy":
+    if args.child == "copy" and args.copy_bytes:
+        _copy_bytes(sorted(Path(args.model).iterdir()), Path(args.out), args.copy_bytes)
+    elif args.child == "copy":
         out = Path(args.out)
         out.mkdir(parents=True)
         for f in sorted(Path(args.model).iterdir()):
@@ -106,12 +118,40 @@ def child(args: argparse.Namespace) -> None:
     else:
         llm_checkpoint.convert_llm_checkpoint(args.model, args.out, tp=args.tp, pp=1, dtype="bf16")
     wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall_s": wall, "peak_rss_bytes": peak_kb * 1024, "rss_after_imports_bytes": base_kb * 1024}))
+    print(json.dumps({"wall_s": wall, "cpu_s": _cpu_s() - cpu_start, "peak_rss_bytes": peak_rss_bytes(),
+                      "rss_after_imports_bytes": base_bytes}))
 
 
-def measure(case: str, model: Path, out: Path, *, tp: int = 1) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, "--model", str(model), "--out", str(out), "--tp", str(tp)]
+def _copy_bytes(files: list[Path], out: Path, nbytes: int) -> None:
+    """Copy `files` round after round into `out` (kernel sendfile, like shutil.copyfile) until `nbytes`
+    are written: a plain copy of as many bytes as a conversion writes."""
+    import os
+
+    out.mkdir(parents=True)
+    left, round_ = nbytes, 0
+    while left > 0:
+        for f in files:
+            with open(f, "rb") as src, open(out / f"{round_}-{f.name}", "wb") as dst:
+                offset, size = 0, min(f.stat().st_size, left)
+                while offset < size:
+                    offset += os.sendfile(dst.fileno(), src.fileno(), offset, size - offset)
+            left -= size
+            if left <= 0:
+                return
+        round_ += 1
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, every thread (steadier than wall time on a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(case: str, model: Path, out: Path, *, tp: int = 1, copy_bytes: int = 0) -> dict:
+    """One case in a fresh process; `copy_bytes`: a copy writes this many bytes (the source's files
+    over again) instead of the source once."""
+    cmd = [sys.executable, __file__, "--child", case, "--model", str(model), "--out", str(out), "--tp", str(tp),
+           "--copy-bytes", str(copy_bytes)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     out_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -148,7 +188,7 @@ def run(workdir: Path, quick: bool = False) -> dict:
             "met": all(row["within bound"] for row in table),
             "rows": table, "samples": {"peak_rss_gb": [row["peak RSS GB"] for row in table]},
             "notes": f"largest tensor {source['largest_tensor']} {source['largest_tensor_bytes'] / GB:.2f} GB; "
-                     f"each case a fresh process (ru_maxrss); cpus {__import__('os').cpu_count()}.",
+                     f"each case a fresh process (peak RSS = VmHWM); cpus {__import__('os').cpu_count()}.",
             "source": source}
 
 
@@ -161,6 +201,7 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--copy-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)

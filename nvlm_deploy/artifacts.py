@@ -1,4 +1,4 @@
-"""Stage output directories: atomic replacement, file records (size + sha256), input hashes.
+"""Stage output directories: atomic replacement, file records (size + BLAKE3 digest), input hashes.
 
 A stage writes into `.<out>.tmp-<pid>` and only a complete directory (manifest last) becomes
 `<out>`. Replacing an existing `<out>` (--force) is two renames, never a removal in place:
@@ -7,10 +7,17 @@ at any point leaves the old directory, the new one, or no `<out>` at all (betwee
 never a mix; the leftovers of a dead process are removed by the next run on the same `<out>`
 (`remove_interrupted`) and named by `interrupted_leftovers` in the meantime.
 
-File records: every file a stage writes is described in its manifest by size and sha256. Large
-files are hashed while they are written (`StreamHash`, used by `trtllm.safetensors_io`), so a
-conversion never reads its multi-GB output back; `file_records` hashes by reading only the files
-nobody recorded (small ones: configs, graphs written by other libraries).
+File records: every file a stage writes is described in its manifest by size and BLAKE3 digest
+(`HASH`, the one name of the digest: the manifest key, the hasher, the messages). Large files are
+hashed while they are written (`StreamHash`, used by `trtllm.safetensors_io`), so a conversion
+never reads its multi-GB output back; `file_records` hashes by reading only the files nobody
+recorded (small ones: configs, graphs written by other libraries). BLAKE3 rather than sha256
+because a conversion hashes every byte it writes: one core hashes ~4 GB/s with BLAKE3 against
+~1.7 GB/s with sha256 (SHA extensions), and `--verify` reads with every core (BLAKE3 is a tree).
+Manifests written with sha256 records are refused with a re-run message (`verify_files`).
+
+`input_hashes` and `file_sha256` stay sha256: they identify small input files (configs, manifests)
+and are compared only with values this same function computed.
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 from nvlm_deploy.errors import DeployError
 
 MANIFEST = "manifest.json"  # contracts.manifest re-exports it: the one name of a stage's manifest file
-HASH = "sha256"
+HASH = "blake3"  # the file records' digest: manifest key and algorithm (new_hasher)
+_RETIRED_HASHES = ("sha256",)  # file-record keys of earlier nvlm-deploy versions: refused with a re-run message
 FAULT_ENV = "NVLM_DEPLOY_FAULT_AT"  # tests: "<point>" or "<point>:<n>" SIGKILLs this process there (n-th time)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 _fault_hits: dict[str, int] = {}
@@ -156,15 +166,24 @@ def missing_stage_message(out: Path, command: str) -> str:
     return f"{out} does not exist: write it with `{command} ... --out {out.parent}`.{hint}"
 
 
-# ---- file records: size + sha256, computed while writing ----
+# ---- file records: size + digest (HASH), computed while writing ----
+
+def new_hasher(*, threads: bool = False):
+    """A fresh HASH hasher (hashlib-style update / hexdigest; update releases the GIL).
+
+    `threads`: let one update use every core (BLAKE3 is a tree hash), for reading a whole file back;
+    streams hashed beside other work (copies, other files' lanes) stay on one core.
+    """
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if threads else 1)
+
 
 @dataclass(frozen=True)
 class FileRecord:
     bytes: int
-    sha256: str
+    digest: str  # hex HASH of the file's bytes
 
     def as_dict(self) -> dict:
-        return {"bytes": self.bytes, HASH: self.sha256}
+        return {"bytes": self.bytes, HASH: self.digest}
 
 
 # absolute path -> (record, st_mtime_ns) of files hashed while written by this process
@@ -179,7 +198,7 @@ def remember(path: Path, record: FileRecord) -> None:
 
 
 class StreamHash:
-    """sha256 of a file written at increasing offsets, fed as the bytes go out.
+    """HASH of a file written at increasing offsets, fed as the bytes go out.
 
     Regions skipped over read as zeros (the file was extended with truncate), so they are hashed as
     zeros. A write behind the hashed position (out of order) makes the hash unknown: `digest`
@@ -189,7 +208,7 @@ class StreamHash:
     _ZEROS = bytes(1 << 20)
 
     def __init__(self):
-        self.h = hashlib.sha256()
+        self.h = new_hasher()
         self.pos = 0
         self.valid = True
 
@@ -216,14 +235,23 @@ class StreamHash:
         return None
 
 
-def file_sha256(path: str | Path, *, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
+def _hash_file(h, path: str | Path, chunk: int) -> str:
+    buf = bytearray(chunk)  # positioned reads into one buffer: no mapped pages counted as this process's memory
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def file_digest(path: str | Path, *, chunk: int = 1 << 24) -> str:
+    """HASH of a file read back (every core: the records of files nobody recorded, `--verify`)."""
+    return _hash_file(new_hasher(threads=True), path, chunk)
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 22) -> str:
+    """sha256 of a small identifying file (`input_hashes`, the target manifest's stage manifests)."""
+    return _hash_file(hashlib.sha256(), path, chunk)
 
 
 def record_of(path: Path) -> FileRecord:
@@ -233,11 +261,11 @@ def record_of(path: Path) -> FileRecord:
         known = _recorded.get(str(Path(path).absolute()))
     if known and known[0].bytes == stat.st_size and known[1] == stat.st_mtime_ns:
         return known[0]
-    return FileRecord(stat.st_size, file_sha256(path))
+    return FileRecord(stat.st_size, file_digest(path))
 
 
 def file_records(directory: str | Path, *, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict]:
-    """relative path -> {"bytes", "sha256"} for every file under `directory` (sorted; `skip` at the top excluded)."""
+    """relative path -> {"bytes", HASH} for every file under `directory` (sorted; `skip` at the top excluded)."""
     root = Path(directory)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -254,8 +282,9 @@ def verify_files(directory: str | Path, records: dict[str, dict] | None, *, hash
 
     Args:
         directory: the stage directory.
-        records: its manifest's `files`; None means the manifest predates file records.
-        hashes: also compare sha256 (reads every file: seconds per GB).
+        records: its manifest's `files`; None means the manifest predates file records, records
+            keyed by a retired digest (sha256) that it predates HASH: both are refused.
+        hashes: also compare the digests (reads every file: a fraction of a second per GB).
         fix: what to do, for the message.
         names: check only these files (None: all recorded).
     """
@@ -264,6 +293,11 @@ def verify_files(directory: str | Path, records: dict[str, dict] | None, *, hash
     if records is None:
         raise DeployError(f"{manifest} records no file sizes or hashes (written by an older nvlm-deploy), so "
                           f"{root} cannot be checked: {fix}.")
+    retired = sorted({key for record in records.values() if isinstance(record, dict) and HASH not in record
+                      for key in _RETIRED_HASHES if key in record})
+    if retired:
+        raise DeployError(f"{manifest} records {'/'.join(retired)} digests (written by an older nvlm-deploy); this "
+                          f"version records and checks {HASH}, so {root} cannot be checked: {fix}.")
     problems = []
     for rel, record in sorted(records.items()):
         if names is not None and rel not in names:
@@ -279,8 +313,8 @@ def verify_files(directory: str | Path, records: dict[str, dict] | None, *, hash
         elif size != record["bytes"]:
             problems.append(f"{path} has {size} bytes; the manifest records {record['bytes']} "
                             f"({'truncated' if size < record['bytes'] else 'grown'})")
-        elif hashes and file_sha256(path) != record.get(HASH):
-            problems.append(f"{path} differs from what was written (sha256 mismatch)")
+        elif hashes and file_digest(path) != record.get(HASH):
+            problems.append(f"{path} differs from what was written ({HASH} mismatch)")
     if problems:
         raise DeployError(f"{root} does not match its manifest:\n  - " + "\n  - ".join(problems) + f"\nFix: {fix}.")
 
@@ -298,7 +332,7 @@ def input_hashes(directory: str | Path, *, patterns: tuple[str, ...] = ("*.json"
 def write_recorded(path: str | Path, data: bytes | memoryview) -> FileRecord:
     """Write `data` to `path`, hashing it on the way (an in-memory blob: a serialized engine, a graph)."""
     path = Path(path)
-    h = hashlib.sha256()
+    h = new_hasher()
     view = memoryview(data).cast("B")
     with open(path, "wb") as f:
         for start in range(0, len(view), 1 << 24):

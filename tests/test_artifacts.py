@@ -1,12 +1,12 @@
 """Stage directories: replaced atomically whatever point a SIGKILL hits, file records, verification."""
 
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 
+import blake3
 import pytest
 
 from nvlm_deploy import artifacts
@@ -84,12 +84,16 @@ def test_existing_output_needs_force(tmp_path):
         pass
 
 
-def test_stream_hash_equals_sha256_of_the_file_with_gaps_as_zeros():
+def _b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def test_stream_hash_equals_blake3_of_the_file_with_gaps_as_zeros():
     data = b"header" + bytes(10) + b"tensor"
     h = StreamHash()
     h.update_at(0, b"header")
     h.update_at(16, b"tensor")  # the gap reads as zeros (truncate-extended file)
-    assert h.finish(len(data) + 4).sha256 == hashlib.sha256(data + bytes(4)).hexdigest()
+    assert h.finish(len(data) + 4).digest == _b3(data + bytes(4))
     late = StreamHash()
     late.update_at(10, b"x")
     late.update_at(0, b"y")  # out of order: unknown, hashed by reading instead
@@ -102,11 +106,12 @@ def test_records_come_from_the_write_and_are_recomputed_after_a_change(tmp_path,
     (tmp_path / "sub" / "small.json").write_text("{}")
     (tmp_path / "manifest.json").write_text("{}")
     read = []
-    real = artifacts.file_sha256
-    monkeypatch.setattr(artifacts, "file_sha256", lambda p, **k: read.append(p.name) or real(p))
+    real = artifacts.file_digest
+    monkeypatch.setattr(artifacts, "file_digest", lambda p, **k: read.append(p.name) or real(p))
     records = file_records(tmp_path)
     assert sorted(records) == ["big.bin", "sub/small.json"]  # the manifest does not describe itself
-    assert records["big.bin"] == {"bytes": 1000, "sha256": hashlib.sha256(b"a" * 1000).hexdigest()}
+    assert records["big.bin"] == {"bytes": 1000, "blake3": _b3(b"a" * 1000)}
+    assert records["sub/small.json"] == {"bytes": 2, "blake3": _b3(b"{}")}
     assert read == ["small.json"]  # the big file was hashed while written, not read back
     os.utime(tmp_path / "big.bin", ns=(1, 1))  # changed after writing: the write's record no longer counts
     file_records(tmp_path)
@@ -126,7 +131,29 @@ def test_verification_names_each_missing_truncated_or_changed_file(tmp_path):
     message = str(sizes.value)
     assert f"{tmp_path / 'a'} is missing" in message and "has 4 bytes; the manifest records 8 (truncated)" in message
     assert str(tmp_path / "c") not in message and "re-run `x --force`" in message
-    with pytest.raises(DeployError, match="sha256 mismatch"):
+    with pytest.raises(DeployError, match="blake3 mismatch"):
         verify_files(tmp_path, records, hashes=True, fix="re-run", names=["c"])
     with pytest.raises(DeployError, match="records no file sizes"):
         verify_files(tmp_path, None, fix="re-run")
+
+
+def test_records_of_an_older_digest_are_refused_with_a_re_run_message(tmp_path):
+    """Manifests from before BLAKE3 recorded sha256: nothing here can check them, so the stage is re-run."""
+    import hashlib
+
+    (tmp_path / "a").write_bytes(b"12345678")
+    old = {"a": {"bytes": 8, "sha256": hashlib.sha256(b"12345678").hexdigest()}}
+    for hashes in (False, True):  # refused even for a sizes-only check, like records from before file records
+        with pytest.raises(DeployError) as exc:
+            verify_files(tmp_path, old, hashes=hashes, fix="re-run `nvlm-deploy convert llm --force`")
+        message = str(exc.value)
+        assert "records sha256 digests" in message and "blake3" in message
+        assert "re-run `nvlm-deploy convert llm --force`" in message
+    verify_files(tmp_path, file_records(tmp_path), hashes=True, fix="re-run")  # a fresh record passes
+
+
+def test_big_files_read_back_hash_to_the_same_digest_as_streamed(tmp_path):
+    """file_digest (every core, read back) and write_recorded / StreamHash (one core, on the way) agree."""
+    data = os.urandom(3 << 20) + bytes(1 << 20)
+    record = write_recorded(tmp_path / "x.bin", data)
+    assert record.digest == _b3(data) == artifacts.file_digest(tmp_path / "x.bin", chunk=1 << 20)

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "in trtllm_checkpoint/manifest.json)")
     io.add_argument("--force", action="store_true", help="replace an existing --out")
     io.add_argument("--verify", action="store_true",
-                    help="check every file of the stages packaged against the sha256 their manifests record "
+                    help="check every file of the stages packaged against the digests their manifests record "
                          "(sizes are always checked)")
     io.add_argument("--allow-image-urls", action="store_true",
                     help="let preprocessing fetch http(s) image_url_input (off by default; data: URLs always work)")

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--log", default=None, help="server log file (default next to the repository)")
     run_group.add_argument("--print-command", action="store_true", help="print the command line and exit")
     run_group.add_argument("--verify", action="store_true",
-                           help="check every file of the repository and of the stages it serves against the sha256 "
+                           help="check every file of the repository and of the stages it serves against the digests "
                                 "their manifests record before starting (sizes are always checked)")
     run_group.add_argument("--max-restarts", type=int, default=5,
                            help="restarts after a dead Python stub or server before giving up (default 5; 0: exit "

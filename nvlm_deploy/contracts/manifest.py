@@ -6,7 +6,7 @@ that is missing, not JSON, of another stage, lacking a field or holding a value 
 is a DeployError naming the file and the command that writes it.
 
 Every stage manifest (those with a `files` field) records each file of its directory by size and
-sha256 (`artifacts.file_records`, filled in by `write_manifest`: the writer never lists them by
+digest (`artifacts.HASH`, `artifacts.file_records`, filled in by `write_manifest`: the writer never lists them by
 hand, so nothing it wrote can be left out); `verify_manifest_files` checks them, sizes always and
 hashes on request.
 """
@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 from nvlm_deploy.artifacts import MANIFEST, file_records, verify_files
 from nvlm_deploy.errors import DeployError
 
-# relative path -> {"bytes": int, "sha256": hex}; None: written before file records existed
+# relative path -> {"bytes": int, artifacts.HASH: hex}; None: written before file records existed
 FileRecords = dict[str, dict[str, Any]]
 
 
@@ -216,7 +216,7 @@ def read_manifest(directory: str | Path, kind: type[M], *, writer: str = "the st
 
 def verify_manifest_files(directory: str | Path, manifest, *, hashes: bool = False, writer: str,
                           names: list[str] | None = None) -> None:
-    """Every file `manifest` records exists in `directory` with its size (and, with `hashes`, its sha256);
+    """Every file `manifest` records exists in `directory` with its size (and, with `hashes`, its digest);
     one DeployError naming each file that does not, and `writer` to re-run."""
     verify_files(directory, manifest.files, hashes=hashes, names=names,
                  fix=f"the artifact is incomplete or was changed after it was written; re-run `{writer}` "

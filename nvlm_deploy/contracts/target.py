@@ -73,7 +73,7 @@ class Target:
 
     def manifest(self, stage: str, *, hashes: bool = False):
         """The stage's typed manifest; a DeployError naming the command when the stage is missing or
-        its files are not the ones its manifest records (sizes always, sha256 with `hashes`), and
+        its files are not the ones its manifest records (sizes always, digests with `hashes`), and
         for an engine that does not fit the GPU or TensorRT-LLM version the target manifest records."""
         from nvlm_deploy.artifacts import missing_stage_message
 
@@ -91,12 +91,12 @@ class Target:
         return manifest
 
     def verify(self, stages: tuple[str, ...], *, hashes: bool = True, log=print) -> None:
-        """Check `stages`' files against their manifests (sha256 with `hashes`); DeployError on the first bad one."""
+        """Check `stages`' files against their manifests (digests with `hashes`); DeployError on the first bad one."""
         for stage in stages:
             manifest = self.manifest(stage, hashes=hashes)
             total = sum(r.get("bytes", 0) for r in (manifest.files or {}).values())
             log(f"  verified {self.dir(stage)}: {len(manifest.files or {})} file(s), {total / 1e6:.1f} MB"
-                + (", sha256 match" if hashes else ", sizes match"))
+                + (", digests match" if hashes else ", sizes match"))
 
     # ---- what `nvlm-deploy build` records: the target's GPU and library versions ----
 
@@ -233,7 +233,7 @@ class Target:
 # ---- loaders and serve: a stage directory, or a repository and the stages it serves, against their manifests ----
 
 def verify_stage_dir(directory: str | Path, *, hashes: bool = False) -> object | None:
-    """Check a stage directory a loader is about to use against its own manifest (sizes always, sha256
+    """Check a stage directory a loader is about to use against its own manifest (sizes always, digests
     with `hashes`); returns the typed manifest, or None where there is none (artifacts of other tools)."""
     from nvlm_deploy.jsonfile import read_json_object
 
@@ -252,7 +252,7 @@ def verify_stage_dir(directory: str | Path, *, hashes: bool = False) -> object |
 def verify_repository(repo: str | Path, *, hashes: bool = False, log=None) -> list[Path]:
     """A packaged repository and every stage directory its configs point at, against their manifests.
 
-    Sizes always (a stat per file), sha256 with `hashes` (`serve --verify`: reads every byte once).
+    Sizes always (a stat per file), digests with `hashes` (`serve --verify`: reads every byte once).
     Paths are the manifest's, relative to the repository (so a moved repository is checked where
     it is); those that do not exist here (a container mount) are left to `serve`'s own path check.
     Returns the directories checked.
@@ -270,5 +270,5 @@ def verify_repository(repo: str | Path, *, hashes: bool = False, log=None) -> li
                 checked.append(directory)
     if log:
         log(f"verified {len(checked)} director{'y' if len(checked) == 1 else 'ies'} against their manifests ("
-            + ("sizes and sha256" if hashes else "sizes") + "): " + ", ".join(str(d) for d in checked))
+            + ("sizes and digests" if hashes else "sizes") + "): " + ", ".join(str(d) for d in checked))
     return checked

@@ -3,14 +3,18 @@
 Peak memory stays near the largest tensor that needs a cast or a column split: source tensors are
 read one at a time (`trtllm.safetensors_io.ShardReader`), and each rank file is written tensor by
 tensor into a header fixed up front (`trtllm.checkpoint_check.piece_specs` runs the real split code
-on row labels). The
-files are then re-read with safetensors' own reader, and layer 0 is merged back and compared with
-the source. Names, splits and the config format are `nvlm_deploy.trtllm`'s.
+on row labels). The files are then re-read with safetensors' own reader, and layer 0 of every rank
+is compared, bit for bit, with what the split code makes of the source. Names, splits and the
+config format are `nvlm_deploy.trtllm`'s.
 
 Speed (benchmarks/llm_convert_speed.py): a piece that is the source's bytes unchanged (same dtype,
 whole rows: replicated, row-chunked, fused q/k/v, vocabulary with zero padding) is copied file to
-file in the kernel; the rest is read, cast and split here while a background thread writes the
-previous tensor. Every rank file's sha256 is computed on the way, for the manifest.
+file by the calling thread (`safetensors_io.copy_range_to`: in the kernel where source and rank
+file line up in a page, else through a small buffer, read once for every rank of a replicated
+tensor); the rest is read, cast and split by a background thread and written by the hashing lanes
+(one per rank file), and the layer-0 self-check runs in the background as soon as layer 0 is
+written, so all of it overlaps the copies. Every rank file's digest (BLAKE3) is computed on the
+way, for the manifest.
 """
 
 from __future__ import annotations
@@ -74,11 +78,22 @@ def convert_llm_checkpoint(model_dir: str | Path, out_dir: str | Path, *, tp: in
             TrtllmConfig.from_llm(llm, tp=tp, pp=pp, precision=prec).write(tmp)
             writers = [SafetensorsWriter(tmp / rank_file(r), specs[r]) for r in layout.ranks()]
             background = BackgroundWriter(WRITE_BUDGET, lanes=min(layout.tp * layout.pp, os.cpu_count() or 1, 8))
+            last_of_layer0 = max(i for i, t in enumerate(tensors) if t.layer == 0)
             try:
-                for planned in progress(tensors, desc=f"convert llm tp{tp} pp{pp}", unit="tensor"):
+                for i, planned in enumerate(progress(tensors, desc=f"convert llm tp{tp} pp{pp}", unit="tensor")):
                     _write_tensor(planned, reader, writers, layout, dtype=torch_dtype,
                                   num_kv_heads=llm.num_key_value_heads, background=background)
                     fault_point("convert-tensor")
+                    if i == last_of_layer0:  # checked in the background once the lanes have written it
+                        written = background.barrier()
+
+                        def check_when_written() -> list[str]:
+                            written.wait()
+                            return check_first_layer(tmp, specs, tensors, reader, layout, dtype=torch_dtype, llm=llm)
+
+                        self_check = background.prepare(check_when_written)
+                background.close()  # every piece in place; a writing error is raised here, before the check's
+                checked = self_check.result()
             finally:
                 try:
                     background.close()
@@ -86,9 +101,8 @@ def convert_llm_checkpoint(model_dir: str | Path, out_dir: str | Path, *, tp: in
                     for w in writers:
                         w.file.close()
             for w in writers:
-                w.close()  # checks that every planned tensor was written; records size + sha256
+                w.close()  # checks that every planned tensor was written; records size + digest
             verify_rank_files(tmp, specs)
-            checked = check_first_layer(tmp, specs, tensors, reader, layout, dtype=torch_dtype, llm=llm)
             _write_manifest(tmp, model_dir, layout, prec=prec, llm=llm, checked=checked)
     finally:
         reader.close()
@@ -111,8 +125,9 @@ def _write_manifest(directory: Path, model_dir: Path, layout: RankLayout, *, pre
 
 def _write_tensor(planned: PlannedTensor, reader: ShardReader, writers: list[SafetensorsWriter], layout: RankLayout,
                   *, dtype: torch.dtype, num_kv_heads: int, background: BackgroundWriter | None = None) -> None:
-    """Every rank's piece of one target tensor: kernel copies where the bytes pass through unchanged,
-    else read + cast + split here (one tensor's sources in memory at a time) and written in the background."""
+    """Every rank's piece of one target tensor: file-to-file copies where the bytes pass through unchanged,
+    else read + cast + split (one tensor's sources in memory at a time) and written, in the background
+    when there is one (the preparing thread cuts, each rank's lane writes and hashes its piece)."""
     holders = [r for r in layout.ranks() if layout.holds(r, planned)]
     run = background.submit if background else (lambda nbytes, job, lane=0: job())
     copies = {r: passthrough_ranges(planned, reader, layout, rank=r, dtype=dtype, num_kv_heads=num_kv_heads)
@@ -122,27 +137,42 @@ def _write_tensor(planned: PlannedTensor, reader: ShardReader, writers: list[Saf
         # the page cache when it is hashed; the hashing thread lags the copies by at most the budget.
         chunked = {r: chunk_ranges(ranges, COPY_CHUNK) for r, ranges in copies.items()}
         for i in range(max(len(c) for c in chunked.values())):
+            same: dict[tuple, list[int]] = {}  # ranks given the same bytes (replicated): read once for all
+            for rank, chunks in chunked.items():
+                if i < len(chunks):
+                    same.setdefault((chunks[i][0], tuple(chunks[i][1]), i == len(chunks) - 1), []).append(rank)
+            for (start, part, last), ranks in same.items():
+                names = {r: planned.local_name(layout.layers(r).start) for r in ranks}
+                writers[ranks[0]].copy(names[ranks[0]], list(part), reader.fileno, start=start, whole=last,
+                                       also=[(writers[r], names[r]) for r in ranks[1:]])
             for rank, chunks in chunked.items():
                 if i < len(chunks):
                     name, (start, part) = planned.local_name(layout.layers(rank).start), chunks[i]
-                    writers[rank].copy(name, part, reader.fileno, start=start, whole=i == len(chunks) - 1)
                     run(sum(r.nbytes for r in part),
                         lambda w=writers[rank], n=name, rs=part, at=start: w.hash_ranges(n, rs, reader.fileno, start=at),
                         lane=rank)  # one lane per file: its hash is a stream
         return
-    if background:
-        background.wait_room(sum(reader.location(n)[2] for n in planned.sources))
-    sources = [reader.get(n).to(dtype) for n in planned.sources]
+
+    def cut() -> dict[int, torch.Tensor]:
+        sources = [reader.get(n).to(dtype) for n in planned.sources]
+        return {rank: splits.rank_piece(planned.split, sources, tp=layout.tp, rank=rank % layout.tp,
+                                        num_kv_heads=num_kv_heads).contiguous() for rank in holders}
+
+    if background is None:
+        for rank, piece in cut().items():
+            writers[rank].write(planned.local_name(layout.layers(rank).start), piece)
+        return
+    background.wait_room(sum(reader.location(n)[2] for n in planned.sources))  # before the sources are read
+    pieces = background.prepare(cut)
     for rank in holders:
-        piece = splits.rank_piece(planned.split, sources, tp=layout.tp, rank=rank % layout.tp,
-                                  num_kv_heads=num_kv_heads).contiguous()
         name = planned.local_name(layout.layers(rank).start)
-        run(piece.numel() * piece.element_size(), lambda w=writers[rank], n=name, p=piece: w.write(n, p), lane=rank)
-        del piece
-    del sources
+        piece_dtype, shape = writers[rank].specs[name]
+        nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=piece_dtype).element_size()
+        # each lane takes its rank's piece out of the result, so it is freed once written
+        run(nbytes, lambda w=writers[rank], n=name, r=rank: w.write(n, pieces.result().pop(r)), lane=rank)
 
 
-COPY_CHUNK = 64 << 20  # bytes per kernel copy and hashing job
+COPY_CHUNK = 64 << 20  # bytes per copy call and hashing job
 
 
 def chunk_ranges(ranges: list[SourceRange], size: int) -> list[tuple[int, list[SourceRange]]]:
@@ -200,27 +230,37 @@ def passthrough_ranges(planned: PlannedTensor, reader: ShardReader, layout: Rank
 
 def check_first_layer(directory: Path, specs: list[dict], tensors: list[PlannedTensor], source: ShardReader,
                       layout: RankLayout, *, dtype: torch.dtype, llm: LlmConfig) -> list[str]:
-    """Read layer 0 back from the tp ranks, merge the splits, and require equality with the source.
+    """Read layer 0 back from every tp rank and require each piece to be, bit for bit, what the real
+    split code makes of the source (cast to `dtype`).
 
     Layer 0 has every split kind but the vocabulary ones (which the runtime tests cover), at the
-    size of one layer, so the check costs little memory even at 72B. Returns the checked names.
+    size of one layer, so the check costs little memory even at 72B. Every rank's piece is compared
+    (duplicated KV heads included), as raw bytes: no merge copies, and -0.0 / NaN payloads count.
+    Returns the checked names.
     """
     readers = [ShardReader(directory, {n: rank_file(r) for n in specs[r]}) for r in range(layout.tp)]
     checked = []
     try:
         for planned in (t for t in tensors if t.layer == 0):
             name = planned.local_name(0)
-            merged = splits.merge_pieces(planned.split, [r.get(name) for r in readers],
-                                           num_heads=llm.num_attention_heads,
-                                          num_kv_heads=llm.num_key_value_heads)
-            expected = torch.cat([source.get(n).to(dtype) for n in planned.sources])
-            if not torch.equal(merged, expected):
-                same_shape = merged.shape == expected.shape
-                diff = (merged.float() - expected.float()).abs().max().item() if same_shape else None
-                raise AssertionError(f"{name}: rank files merged back differ from the source "
-                                     f"(shapes {tuple(merged.shape)} vs {tuple(expected.shape)}, max diff {diff})")
+            sources = [source.get(n).to(dtype) for n in planned.sources]
+            for rank, reader in enumerate(readers):
+                written = reader.get(name)
+                expected = splits.rank_piece(planned.split, sources, tp=layout.tp, rank=rank,
+                                             num_kv_heads=llm.num_key_value_heads)
+                if written.shape != expected.shape or not torch.equal(_raw(written), _raw(expected)):
+                    same_shape = written.shape == expected.shape
+                    diff = (written.float() - expected.float()).abs().max().item() if same_shape else None
+                    raise AssertionError(f"{rank_file(rank)}:{name}: the written piece differs from the source's "
+                                         f"(shapes {tuple(written.shape)} vs {tuple(expected.shape)}, max diff {diff})")
             checked.append(name)
     finally:
         for r in readers:
             r.close()
     return checked
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as integers of its width (bitwise comparison, elementwise speed)."""
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.contiguous().view(ints[t.element_size()])

@@ -1,7 +1,7 @@
 """A TensorRT-LLM checkpoint as a loader finds it: its files as written, its shapes as config.json says.
 
 `verify_checkpoint` runs before any rank file is loaded (`rank_files.load_trtllm_checkpoint`, so the
-CPU runtime and every test load): the files against the stage manifest (sizes; sha256 on request),
+CPU runtime and every test load): the files against the stage manifest (sizes; digests on request),
 each rank file's header against its length (truncation), and every tensor's shape and dtype
 against what `config.json` implies (an edited `vocab_size` or `hidden_size` would otherwise load
 and give wrong answers). The expected shapes come from the converter's own plan: `piece_specs` runs
@@ -108,7 +108,7 @@ def verify_checkpoint(root: str | Path, config: TrtllmConfig, *, layout, rank_fi
     """Refuse, at load, a checkpoint whose files are not what was written or do not fit config.json.
 
     Three checks, each a DeployError naming the file and the fix: the files against the manifest
-    (sizes always, sha256 with `hashes`; skipped for a checkpoint written by other tools, which has
+    (sizes always, digests with `hashes`; skipped for a checkpoint written by other tools, which has
     none); every rank file's header against its own length (a truncated file); every tensor's shape
     and dtype against what config.json implies (a vocab_size or hidden_size edited after conversion).
 
@@ -117,7 +117,7 @@ def verify_checkpoint(root: str | Path, config: TrtllmConfig, *, layout, rank_fi
         config: its config.json, read.
         layout: `rank_files.RankLayout` of the config; rank_file: `rank_files.rank_file` (both passed
             in by rank_files, which imports this module).
-        hashes: also compare every file's sha256 with the manifest.
+        hashes: also compare every file's digest with the manifest.
     """
     from nvlm_deploy.artifacts import MANIFEST
     from nvlm_deploy.contracts.manifest import TrtllmCheckpointManifest, read_manifest, verify_manifest_files

@@ -5,16 +5,20 @@ the process); writing fixes the header up front from the tensors' specs, then pl
 bytes at its offset as soon as it is ready, so peak memory stays near the largest tensor.
 
 Writing is fast and self-describing: tensors that need no cast and whose piece is a run of whole
-rows of the source go file-to-file in the kernel (`os.copy_file_range`, else `os.sendfile`, else
-positioned reads and writes), the rest is written by a background thread (`BackgroundWriter`, a
-bounded queue) while the caller reads and splits the next tensor, and every file's sha256 is
-computed on the way (`artifacts.StreamHash`), so its manifest record never needs a second read.
+rows of the source are copied file to file by the caller (`copy_range_to`: in the kernel with
+`os.copy_file_range`, else `os.sendfile`, where source and destination sit at the same place in a
+page; else, and without either call, positioned reads and writes through a small buffer, read once
+for every destination); the rest is read, cast and split by a background thread and written by
+others (`BackgroundWriter`: a preparing thread and one hashing lane per file, a bounded budget), so
+reading, casting, writing and hashing overlap the copies, and every file's digest (`artifacts.HASH`)
+is computed on the way (`artifacts.StreamHash`): its manifest record never needs a second read.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import struct
 import threading
@@ -90,18 +94,16 @@ class ShardReader:
             return self._files[shard].fileno()
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor in its stored dtype, in freshly allocated memory."""
-        shard = self.weight_map[name]
-        start, header = self._header(shard)
-        begin, end = header[name]["data_offsets"]
+        """The tensor in its stored dtype, in freshly allocated memory (positioned reads: any thread)."""
+        path, offset, nbytes = self.location(name)
         dtype, shape = self.spec(name)
-        buf = torch.empty(end - begin, dtype=torch.uint8)
-        if shard not in self._files:
-            self._files[shard] = open(self.root / shard, "rb")
-        f = self._files[shard]
-        f.seek(start + begin)
-        if f.readinto(memoryview(buf.numpy())) != end - begin:
-            raise DeployError(f"{self.root / shard} is truncated: tensor {name!r} is cut short; re-copy the shard.")
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view, fd, done = memoryview(buf.numpy()), self.fileno(path), 0
+        while done < nbytes:  # pieces of at most 1 GiB (one read call returns at most ~2 GiB)
+            n = os.preadv(fd, [view[done:done + min(nbytes - done, 1 << 30)]], offset + done)
+            if n <= 0:
+                raise DeployError(f"{path} is truncated: tensor {name!r} is cut short; re-copy the shard.")
+            done += n
         return buf.view(dtype).reshape(shape)
 
     def close(self) -> None:
@@ -122,7 +124,7 @@ class SourceRange:
 class SafetensorsWriter:
     """Writes one safetensors file tensor by tensor: the header is fixed up front from the specs.
 
-    The file's sha256 is computed as the bytes go out (tensors written in header order; anything
+    The file's digest is computed as the bytes go out (tensors written in header order; anything
     else falls back to hashing by reading) and registered with `artifacts.remember` on `close`.
     """
 
@@ -164,22 +166,30 @@ class SafetensorsWriter:
         self.written.add(name)
 
     def copy(self, name: str, ranges: list[SourceRange], fds: Callable[[Path], int], *, start: int = 0,
-             whole: bool = True) -> None:
-        """Fill tensor `name` (from byte `start` of it) with source byte ranges, in the kernel.
+             whole: bool = True, also: list[tuple["SafetensorsWriter", str]] = ()) -> None:
+        """Fill tensor `name` (from byte `start` of it) with source byte ranges, file to file (`copy_range`).
 
         `whole`: these ranges end the tensor (its size is checked then; earlier chunks pass False).
+        `also`: other (writer, tensor) that get the same bytes at the same place (a replicated tensor's
+        other ranks): each source range is read once for all of them.
         """
+        targets = [(w, n, w._destination(n, ranges, start=start, whole=whole)) for w, n in [(self, name), *also]]
+        done = 0
+        for r in ranges:
+            if r.path is not None:
+                copy_range_to(fds(r.path), r.offset, [(w.fd, at + done) for w, _, at in targets], r.nbytes)
+            done += r.nbytes
+        if whole:
+            for w, n, _ in targets:
+                w.written.add(n)
+
+    def _destination(self, name: str, ranges: list[SourceRange], *, start: int, whole: bool) -> int:
+        """Absolute offset where `ranges` go in tensor `name` from byte `start`; checks they fit."""
         offset, nbytes = self._place(name)
         end = start + sum(r.nbytes for r in ranges)
         if end > nbytes or whole and end != nbytes:
             raise AssertionError(f"{self.path.name}:{name}: source ranges end at byte {end}, the header says {nbytes}")
-        offset += start
-        for r in ranges:
-            if r.path is not None:
-                kernel_copy(fds(r.path), r.offset, self.fd, offset, r.nbytes)
-            offset += r.nbytes
-        if whole:
-            self.written.add(name)
+        return offset + start
 
     def hash_ranges(self, name: str, ranges: list[SourceRange], fds: Callable[[Path], int], *, start: int = 0) -> None:
         """Feed the hash with what `copy` put in place, read from the source's page cache (no second disk read)."""
@@ -210,23 +220,30 @@ class SafetensorsWriter:
 
 # ---- kernel-side copies and positioned I/O ----
 
-_CHUNK = 1 << 24  # 16 MiB: hashing reads and user-space copies go in pieces of this size
+_CHUNK = 1 << 24  # 16 MiB: memory-mapped hashing windows, and reads hashed when mapping fails
+# User-space copies go through a buffer this small: it stays in the core's L2 cache between the read
+# and the write(s). Measured here (2026-12-01, 600 MiB to 4 files): 256 KiB 2.9-3.5 GB per CPU
+# second, 1 MiB 1.9, 4 MiB 0.5-0.75.
+_COPY_PIECE = 256 << 10
+_PAGE = mmap.PAGESIZE
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 _local = threading.local()
 
 
-def _buffer() -> memoryview:
-    if not hasattr(_local, "buf"):
-        _local.buf = memoryview(bytearray(_CHUNK))
-    return _local.buf
+def _buffer(size: int) -> memoryview:
+    """This thread's reused buffer of `size` bytes."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    if size not in buffers:
+        buffers[size] = memoryview(bytearray(size))
+    return buffers[size]
 
 
-def _pread_chunks(fd: int, offset: int, nbytes: int):
+def _pread_chunks(fd: int, offset: int, nbytes: int, size: int = _CHUNK):
     """The bytes of [offset, offset + nbytes) in views of one reused buffer (valid until the next one)."""
-    buf = _buffer()
+    buf = _buffer(size)
     end = offset + nbytes
     while offset < end:
-        n = os.preadv(fd, [buf[:min(_CHUNK, end - offset)]], offset)
+        n = os.preadv(fd, [buf[:min(size, end - offset)]], offset)
         if n <= 0:
             raise DeployError(f"a source file ended early (fd {fd}, offset {offset}): it is truncated; re-copy it.")
         yield buf[:n]
@@ -237,8 +254,6 @@ def _mapped_chunks(fd: int, offset: int, nbytes: int):
     """The bytes of [offset, offset + nbytes) as views of read-only memory maps of the page cache (no
     copy into this process), one window at a time so resident pages stay bounded; positioned reads
     where mapping fails."""
-    import mmap
-
     page, end = mmap.ALLOCATIONGRANULARITY, offset + nbytes
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     while offset < end:
@@ -264,6 +279,36 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbytes: int) -> None:
+    """Copy a byte range file to file the cheapest way (`copy_range_to` with one destination)."""
+    copy_range_to(src_fd, src_offset, [(dst_fd, dst_offset)], nbytes)
+
+
+def copy_range_to(src_fd: int, src_offset: int, targets: list[tuple[int, int]], nbytes: int) -> None:
+    """Copy a byte range to every (descriptor, offset) in `targets`: in the kernel (`kernel_copy`) where
+    both offsets sit at the same place in a page, else through a small user-space buffer, the source
+    read once for all of those.
+
+    Why: the kernel copies a misaligned range destination page by destination page, each source
+    page in two pieces, at about 2 GB per CPU second here against 3-3.5 aligned; a 256 KiB buffer
+    copies either at 3-3.5 (measured 2026-12-01, benchmarks/README.md). A safetensors tensor's
+    offset depends on its file's header length, so source and rank file rarely line up.
+    """
+    buffered = []
+    for fd, offset in targets:
+        if (src_offset - offset) % _PAGE == 0:
+            kernel_copy(src_fd, src_offset, fd, offset, nbytes)
+        else:
+            buffered.append((fd, offset))
+    if not buffered:
+        return
+    done = 0
+    for chunk in _pread_chunks(src_fd, src_offset, nbytes, _COPY_PIECE):
+        for fd, offset in buffered:
+            _pwrite_all(fd, chunk, offset + done)
+        done += len(chunk)
+
+
 def kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbytes: int) -> None:
     """Copy a byte range file to file without passing it through this process: copy_file_range, else
     sendfile, else positioned reads and writes (filesystems or kernels without the first two)."""
@@ -279,7 +324,7 @@ def kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyt
                 n = os.sendfile(dst_fd, src_fd, src_offset + done, count)
             else:
                 n = 0
-                for chunk in _pread_chunks(src_fd, src_offset + done, count):
+                for chunk in _pread_chunks(src_fd, src_offset + done, count, _COPY_PIECE):
                     _pwrite_all(dst_fd, chunk, dst_offset + done + n)
                     n += len(chunk)
         except OSError as exc:
@@ -294,16 +339,19 @@ def kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyt
 
 class BackgroundWriter:
     """Background threads ("lanes") that run write jobs, each lane in submission order, holding at most
-    `budget` bytes of pending data across all lanes.
+    `budget` bytes of pending data across all lanes; and one preparing thread (`prepare`).
 
-    The producer reads, casts and splits the next tensor while the lanes write and hash the previous
-    ones. Jobs of one file must go to one lane (its hash is a stream); files on different lanes are
-    written and hashed in parallel (sha256 releases the GIL). An error in a job is raised in the
-    producer at its next `submit` / `wait_room` or at `close`.
+    The producer (kernel copies, planning) goes on while the preparing thread reads, casts and splits
+    tensors and the lanes write and hash them. Jobs of one file must go to one lane (its hash is a
+    stream); files on different lanes are written and hashed in parallel (BLAKE3 releases the GIL).
+    A lane job may wait for a prepared result submitted before it (never the other way round, so no
+    cycle). An error in a job is raised in the producer at its next `submit` / `wait_room` or at
+    `close`.
     """
 
     def __init__(self, budget: int = 1 << 30, lanes: int = 1):
         import queue
+        from concurrent.futures import ThreadPoolExecutor
 
         self.budget, self.pending = budget, 0
         self.cond = threading.Condition()
@@ -313,6 +361,26 @@ class BackgroundWriter:
                         for i, q in enumerate(self.queues)]
         for thread in self.threads:
             thread.start()
+        self.preparer = ThreadPoolExecutor(1, thread_name_prefix="safetensors-prepare")
+        self.closed = False
+
+    def prepare(self, fn: Callable[[], object]):
+        """Run `fn` on the preparing thread (in submission order); its Future, for lane jobs to wait on."""
+        return self.preparer.submit(fn)
+
+    def barrier(self) -> threading.Event:
+        """An event set once every lane has run every job submitted so far (what they write is in place)."""
+        done, left, lock = threading.Event(), [len(self.queues)], threading.Lock()
+
+        def arrive():
+            with lock:
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+        for jobs in self.queues:
+            jobs.put((0, arrive, True))
+        return done
 
     def wait_room(self, nbytes: int) -> None:
         """Block until `nbytes` more fit the budget (or nothing is pending): call before reading what
@@ -334,9 +402,9 @@ class BackgroundWriter:
             item = jobs.get()
             if item is None:
                 return
-            nbytes, job = item
+            nbytes, job, *always = item
             try:
-                if self.error is None:
+                if self.error is None or always:
                     job()
             except BaseException as exc:  # handed to the producer
                 with self.cond:
@@ -351,9 +419,13 @@ class BackgroundWriter:
             raise error
 
     def close(self) -> None:
-        """Wait for every job; raise the first error."""
+        """Wait for every job; raise the first error. Closing again does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         for jobs in self.queues:
             jobs.put(None)
         for thread in self.threads:
             thread.join()
+        self.preparer.shutdown(wait=True, cancel_futures=True)
         self._raise()

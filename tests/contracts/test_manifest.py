@@ -42,7 +42,7 @@ def test_every_stage_has_a_typed_manifest_and_its_command():
 # ---- file records: written with every stage manifest, checked by package, serve and loaders ----
 
 def test_stage_manifests_record_their_files_and_the_target_manifest_does_not(tmp_path):
-    import hashlib
+    import blake3
 
     from nvlm_deploy.contracts.manifest import OnnxManifest
 
@@ -54,7 +54,7 @@ def test_stage_manifests_record_their_files_and_the_target_manifest_does_not(tmp
                         tensorrt_onnx_ops={}, check={})
     write_manifest(tmp_path, onnx)
     assert read_manifest(tmp_path, OnnxManifest).files == {
-        "sub/w.bin": {"bytes": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}}
+        "sub/w.bin": {"bytes": 7, "blake3": blake3.blake3(b"weights").hexdigest()}}
     write_manifest(tmp_path, TargetManifest(model_dir="/m", limits={}))
     assert "files" not in json.loads((tmp_path / MANIFEST).read_text())
 
@@ -81,7 +81,7 @@ def test_serve_refuses_a_truncated_rank_file_before_starting_and_verify_checks_h
     assert main(["serve", str(served_copy), "--print-command"]) == 0
     assert main(["serve", str(served_copy), "--verify", "--print-command"]) == 1
     err = capsys.readouterr().err
-    assert f"{graph} differs from what was written (sha256 mismatch)" in err and "Traceback" not in err
+    assert f"{graph} differs from what was written (blake3 mismatch)" in err and "Traceback" not in err
     rank0 = target / "trtllm_checkpoint" / "rank0.safetensors"
     rank0.write_bytes(rank0.read_bytes()[:-64])
     assert main(["serve", str(served_copy)]) == 1

@@ -175,19 +175,19 @@ def test_config_dtype_names():
 # ---- file records, kernel copies, and what a loader refuses ----
 
 def test_manifest_records_every_file_hashed_while_written(tiny_checkpoint, tmp_path, monkeypatch):
-    import hashlib
+    import blake3
 
     from nvlm_deploy import artifacts
 
     read_back = []
-    real = artifacts.file_sha256
-    monkeypatch.setattr(artifacts, "file_sha256", lambda p, **k: read_back.append(p.name) or real(p))
+    real = artifacts.file_digest
+    monkeypatch.setattr(artifacts, "file_digest", lambda p, **k: read_back.append(p.name) or real(p))
     out = convert_llm_checkpoint(tiny_checkpoint, tmp_path, tp=2, pp=2)
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert sorted(files) == ["config.json", *(f"rank{r}.safetensors" for r in range(4))]
     for name, record in files.items():
         assert record == {"bytes": (out / name).stat().st_size,
-                          "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
+                          "blake3": blake3.blake3((out / name).read_bytes()).hexdigest()}
     assert not [n for n in read_back if n.startswith("rank")]  # never read back to be hashed
 
 
@@ -199,12 +199,13 @@ def test_unchanged_pieces_are_kernel_copies_and_give_the_same_checkpoint(tiny_ch
 
     _, plain = load_trtllm_checkpoint(convert_llm_checkpoint(tiny_checkpoint, tmp_path / "fp32", tp=4, dtype="fp32"))
     copied = []
-    real = safetensors_io.kernel_copy
-    monkeypatch.setattr(safetensors_io, "kernel_copy", lambda *a: copied.append(a[-1]) or real(*a))
+    real = safetensors_io.copy_range_to
+    monkeypatch.setattr(safetensors_io, "copy_range_to", lambda *a: copied.append(a[-1]) or real(*a))
     monkeypatch.setattr(llm_checkpoint, "COPY_CHUNK", 3000)  # many chunks per tensor, none page-aligned
     out = convert_llm_checkpoint(tiny_checkpoint, tmp_path / "bf16", tp=4, dtype="bf16")
     _, fast = load_trtllm_checkpoint(out)
-    # bf16 in the source (embedding, lm_head with vocab padding, MLP rows) passes through; fp32 q/k/v are cast
+    # bf16 in the source (embedding, lm_head with vocab padding, MLP rows) passes through file to file (the
+    # embedding's chunks read once for its 4 ranks); fp32 q/k/v are cast
     assert len(copied) > 100 and max(copied) <= 3000
     assert set(fast) == set(plain) and all(torch.equal(fast[n], plain[n].to(torch.bfloat16)) for n in plain)
     Target.of(out, stage="trtllm_checkpoint").manifest("trtllm_checkpoint", hashes=True)  # hashes made chunk by chunk
@@ -275,3 +276,54 @@ def test_piece_specs_are_rank_specs_without_meta_tensors(tp, pp):
                       num_kv_heads=llm.num_key_value_heads)
     ours = expected_rank_specs(config, layout)
     assert [list(s.items()) for s in ours] == [list(s.items()) for s in meta]  # same tensors, shapes and order
+
+
+def test_self_check_compares_every_rank_bit_for_bit(tp2pp2, tiny_checkpoint, tmp_path):
+    """The layer-0 check reads each rank's piece back: one flipped bit on one rank is caught and named;
+    the comparison is on raw bits (torch.equal alone takes -0.0 for 0.0)."""
+    from nvlm_deploy.config import NvlmConfig
+    from nvlm_deploy.convert.llm_checkpoint import _raw, check_first_layer
+    from nvlm_deploy.trtllm.checkpoint_check import piece_specs
+    from nvlm_deploy.trtllm.names import HF_PREFIX, plan_tensors
+    from nvlm_deploy.trtllm.rank_files import RankLayout
+    from nvlm_deploy.trtllm.safetensors_io import ShardReader
+
+    zeros = torch.tensor([0.0, -0.0], dtype=torch.bfloat16)
+    assert torch.equal(zeros[:1], zeros[1:]) and not torch.equal(_raw(zeros[:1]), _raw(zeros[1:]))
+    root = _tampered(tp2pp2, tmp_path)
+    llm = NvlmConfig.from_hf(tiny_checkpoint).llm
+    index = CheckpointIndex.open(tiny_checkpoint)
+    tensors = plan_tensors(index.names(HF_PREFIX), num_layers=llm.num_hidden_layers)
+    layout = RankLayout(tp=2, pp=2, num_layers=llm.num_hidden_layers)
+    source = ShardReader(tiny_checkpoint, index.weight_map)
+    specs = piece_specs(tensors, source, layout, dtype=torch.bfloat16, num_kv_heads=llm.num_key_value_heads)
+    try:
+        checked = check_first_layer(root, specs, tensors, source, layout, dtype=torch.bfloat16, llm=llm)
+        assert "transformer.layers.0.mlp.proj.weight" in checked
+        rank1 = root / "rank1.safetensors"
+        reader = ShardReader(root, {n: "rank1.safetensors" for n in specs[1]})
+        _, offset, _ = reader.location("transformer.layers.0.post_layernorm.weight")
+        reader.close()
+        data = bytearray(rank1.read_bytes())
+        data[offset + 1] ^= 0x80  # the sign bit of rank 1's first weight (bf16, little-endian)
+        rank1.write_bytes(bytes(data))
+        with pytest.raises(AssertionError, match="rank1.safetensors:transformer.layers.0.post_layernorm.weight"):
+            check_first_layer(root, specs, tensors, source, layout, dtype=torch.bfloat16, llm=llm)
+    finally:
+        source.close()
+
+
+def test_a_source_cut_inside_a_cast_tensor_fails_the_conversion_and_writes_nothing(tiny_checkpoint, tmp_path):
+    """fp32 q/k/v are read and cast by the preparing thread: its error reaches the caller, no output stays."""
+    model = _copy(tiny_checkpoint, tmp_path / "model")
+    index = json.loads((model / "model.safetensors.index.json").read_text())["weight_map"]
+    victim = "language_model.model.layers.1.self_attn.q_proj.weight"
+    shard = model / index[victim]
+    raw = shard.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    assert header[victim]["dtype"] == "F32"  # cast to bf16, so not a kernel copy
+    shard.write_bytes(raw[:8 + header_len + header[victim]["data_offsets"][0] + 10])
+    with pytest.raises(DeployError, match="truncated"):
+        convert_llm_checkpoint(model, tmp_path / "out", tp=2)
+    assert _no_output(tmp_path / "out")

@@ -89,7 +89,7 @@ def test_a_damaged_stage_is_refused_by_package_sizes_always_hashes_on_request(ta
     rc = main(["package", "--engines", str(target.root), "--runtime", "cpu", "--out", str(tmp_path / "repo2"),
                "--verify"])
     err = capsys.readouterr().err
-    assert rc == 1 and f"{rank0} differs from what was written (sha256 mismatch)" in err and "--force" in err
+    assert rc == 1 and f"{rank0} differs from what was written (blake3 mismatch)" in err and "--force" in err
     rank0.write_bytes(bytes(data[:-10]))
     rc, err = _package(target.root, tmp_path / "repo", capsys)
     assert rc == 1 and f"{rank0} has" in err and "(truncated)" in err and "nvlm-deploy convert llm" in err

@@ -1,10 +1,10 @@
 """Streaming safetensors writing: kernel copies with their fallbacks, hashes made on the way, the writer thread."""
 
 import errno
-import hashlib
 import os
 import threading
 
+import blake3
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,8 +14,8 @@ from nvlm_deploy.trtllm import safetensors_io
 from nvlm_deploy.trtllm.safetensors_io import BackgroundWriter, SafetensorsWriter, ShardReader, SourceRange
 
 
-def _sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(path):
+    return blake3.blake3(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture()
@@ -50,7 +50,7 @@ def test_kernel_copies_land_in_place_and_the_hash_is_the_files(tmp_path, source)
     tensors, reader = source
     record = _write_copied(tmp_path, reader, tensors)
     out = tmp_path / "out.safetensors"
-    assert record.sha256 == _sha(out) and record.bytes == out.stat().st_size
+    assert record.digest == _digest(out) and record.bytes == out.stat().st_size
     assert record_of(out) == record  # registered: the manifest takes it without reading the file
 
 
@@ -65,7 +65,12 @@ def test_without_kernel_copies_the_same_bytes_arrive(tmp_path, source, monkeypat
         monkeypatch.setattr(os, name, refuse)
     monkeypatch.setattr(safetensors_io, "_local", threading.local())  # forget the method chosen before
     record = _write_copied(tmp_path, reader, tensors)
-    assert record.sha256 == _sha(tmp_path / "out.safetensors")
+    assert record.digest == _digest(tmp_path / "out.safetensors")
+    data = os.urandom(3 * 4096 + 100)
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
+        safetensors_io.kernel_copy(src.fileno(), 4096 + 5, dst.fileno(), 5, 2 * 4096)  # the fallback chain itself
+    assert (tmp_path / "dst").read_bytes() == bytes(5) + data[4096 + 5:3 * 4096 + 5]
 
 
 def test_out_of_order_writes_leave_the_hash_to_a_read(tmp_path):
@@ -74,7 +79,7 @@ def test_out_of_order_writes_leave_the_hash_to_a_read(tmp_path):
     writer.write("y", torch.ones(3))
     writer.write("x", torch.zeros(2))
     assert writer.close() is None
-    assert record_of(tmp_path / "o.safetensors").sha256 == _sha(tmp_path / "o.safetensors")
+    assert record_of(tmp_path / "o.safetensors").digest == _digest(tmp_path / "o.safetensors")
     assert torch.equal(load_file(tmp_path / "o.safetensors")["y"], torch.ones(3))
 
 
@@ -96,3 +101,59 @@ def test_background_writer_keeps_order_per_lane_bounds_memory_and_hands_errors_b
         for _ in range(100):
             failing.submit(1, lambda: None)
         failing.close()
+
+
+def test_lane_jobs_wait_for_prepared_pieces_and_a_barrier_follows_every_lane():
+    """The preparing thread cuts while the lanes write; a barrier is passed once every lane ran what came
+    before it, even after an error (so a waiting self-check never hangs); errors in preparing reach the producer."""
+    order, writer = [], BackgroundWriter(budget=100, lanes=2)
+    gate = threading.Event()
+    first = writer.prepare(lambda: (gate.wait(), {0: "a0", 1: "a1"})[1])
+    for lane in (0, 1):
+        writer.submit(1, lambda lane=lane: order.append(first.result().pop(lane)), lane=lane)
+    passed = writer.barrier()
+    assert not passed.wait(0.05)  # the lanes wait for the piece being prepared
+    gate.set()
+    assert passed.wait(10) and sorted(order) == ["a0", "a1"] and first.result() == {}
+    writer.close()
+
+    failing = BackgroundWriter(budget=100, lanes=2)
+    bad = failing.prepare(lambda: 1 / 0)
+    failing.submit(1, lambda: bad.result(), lane=1)
+    assert failing.barrier().wait(10)
+    with pytest.raises(ZeroDivisionError):
+        failing.close()
+    failing.close()  # closing again does nothing
+
+
+def test_reader_gets_tensors_from_several_threads_at_once(source):
+    tensors, reader = source
+    got = []
+    threads = [threading.Thread(target=lambda: got.extend(reader.get(n) for n in ("a", "b") * 50)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 400 and all(torch.equal(g, tensors["a" if g.shape == (6, 4) else "b"]) for g in got)
+
+
+def test_one_source_range_reaches_every_target_aligned_or_not(tmp_path, monkeypatch):
+    """copy_range_to: targets at the source's place in a page go through the kernel, the others share one
+    buffered read (pieces of 256 KiB); every target gets the same bytes."""
+    data = os.urandom(600 << 10)
+    (tmp_path / "src").write_bytes(data)
+    kernel, real = [], safetensors_io.kernel_copy
+    monkeypatch.setattr(safetensors_io, "kernel_copy", lambda *a: kernel.append(a[3]) or real(*a))
+    offsets = [8, 4096 + 8, 4096, 123]  # src offset 8: the first two line up with it, the last two do not
+    paths = [tmp_path / f"dst{i}" for i in range(4)]
+    files = [open(p, "w+b") for p in paths]
+    try:
+        with open(tmp_path / "src", "rb") as src:
+            safetensors_io.copy_range_to(src.fileno(), 8, [(f.fileno(), o) for f, o in zip(files, offsets)],
+                                         len(data) - 8)
+    finally:
+        for f in files:
+            f.close()
+    assert kernel == [8, 4096 + 8]
+    for path, offset in zip(paths, offsets):
+        assert path.read_bytes() == bytes(offset) + data[8:]
