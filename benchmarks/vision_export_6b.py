@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -119,7 +118,9 @@ def main() -> None:
         fn = {"write": lambda out: write_checkpoint(Path(out)), "load": lambda c, d: phase_load(Path(c), d),
               "export": lambda c, o, d: phase_export(Path(c), Path(o), d)}[name]
         result = fn(*rest)
-        result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        from nvlm_deploy.bench.machine import peak_rss_bytes
+
+        result["peak_rss_gib"] = round(peak_rss_bytes() / 2**30, 2)
         print(json.dumps(result))
         return
     work = Path(args.work)

@@ -57,3 +57,21 @@ def describe_machine() -> dict:
         "torch": version("torch"), "onnxruntime": version("onnxruntime"), "tritonclient": version("tritonclient"),
         "tritonserver": tritonserver_version(), "nvlm-deploy": version("nvlm-deploy"),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it was exec'd (VmHWM of /proc/self/status).
+
+    Not `ru_maxrss`: Linux keeps the high-water mark of the memory image that execve replaces, so a
+    benchmark child forked from a large parent would report the parent's peak, not its own.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is
