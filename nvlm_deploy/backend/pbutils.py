@@ -144,13 +144,16 @@ class Reply:
         pb: triton_python_backend_utils.
         sender: the request's response sender, or CollectedResponses for a non-decoupled model.
         cancelled: whether the client cancelled (default: the sender's is_cancelled()).
-        check_period_s: ask Triton at most this often (0: every time `cancelled()` is called).
+        check_period_s: ask Triton at most this often, the first time one period after the reply was made
+            (0: every time `cancelled()` is called). A request answered within one period never asks: each
+            query is a round trip to the server process, 0.3 ms or more before a whole answer could go out.
     """
 
     def __init__(self, pb, sender, *, cancelled: Callable[[], bool] | None = None, check_period_s: float = 0.0):
         self.pb, self.sender = pb, sender
         self._is_cancelled = cancelled or getattr(sender, "is_cancelled", None)
-        self._check_period_s, self._next_check = check_period_s, 0.0
+        self._check_period_s = check_period_s
+        self._next_check = time.monotonic() + check_period_s if check_period_s else 0.0
         self._lock = threading.Lock()
         self.done = threading.Event()  # set once the final flag went out (or could not)
         self._cancelled = False

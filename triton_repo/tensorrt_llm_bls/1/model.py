@@ -15,7 +15,13 @@ one thread. Only the calls that block on the server process run in `self.blockin
 `InferenceRequest.exec` (what `async_exec` itself does: `loop.run_in_executor(None, exec)`, pb_stub.cc;
 our own pool because the default one has min(32, cpus + 4) threads and 64 streams each wait on one)
 and the response iterator's `next` (both release the GIL while they wait on the server process).
-Tokenizing text-only prompts runs there too (no pb_utils).
+A generation's exec and all its `next` calls run in one pool job (`_Drain`), which hands each
+response to the loop as it arrives: one thread switch per response instead of three (loop -> pool
+thread -> loop for every `next`). Text-only prompts up to INLINE_TOKENIZE_BYTES are tokenized on the
+loop itself (0.3 ms for a short prompt, less than the two thread switches a pool job costs); longer
+ones in the pool (no pb_utils). Timestamped on the demo model (2 shared cores): each takes a few
+tenths of a millisecond off a whole answer's path, at the edge of what benchmarks/serving_overhead.py
+can resolve on a shared machine; what remains are the crossings between processes.
 
 Why (issue 14): under 64 streaming clients the stub's Python heap was corrupted ("malloc(): unaligned
 fastbin chunk detected", segfaults in libpython's _PyObject_Malloc). The installed python_backend frees
@@ -54,8 +60,9 @@ from nvlm_deploy.backend.request_inputs import RequestError
 PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID",
                "STOP_WORDS_IDS", "BAD_WORDS_IDS"]
 LLM_OUTPUTS = ["output_ids", "output_log_probs", "cum_log_probs"]
-# the BLS asks Triton whether its client cancelled at most this often (a round trip to the server process
-# per query; tensorrt_llm itself checks before every step, so a stopped request ends one step after this)
+# the BLS asks Triton whether its client cancelled at most this often, the first time this long after the
+# request arrived (a round trip to the server process per query; tensorrt_llm itself checks before every step,
+# so a stopped request ends one step after this)
 CANCEL_CHECK_PERIOD_S = 0.02
 # preprocessing inputs that carry images (or video): a request with none of them is text-only
 MEDIA_INPUTS = ("IMAGE_INPUT", "IMAGE_BYTES", "IMAGE_URL", "VIDEO_BYTES", "IMAGE_FILES")
@@ -65,6 +72,11 @@ SEQUENCE_ZERO = np.array([0], np.int32)
 # threads for the calls that block on the server process (exec, the next streamed response, tokenizing):
 # one per stream that can be waiting at once, beyond the soak's 64 clients
 BLOCKING_THREADS = 256
+# a text-only request whose text inputs (prompt, history, stop/bad words) total at most this many bytes is
+# tokenized on the event loop: measured on the demo tokenizer, 0.1 ms for a 24-byte prompt and 0.3-0.45 ms for
+# 1 KiB, about what handing it to a pool thread and back costs; a longer one (4 KiB: 1.1-1.6 ms) in a pool
+# thread, so that it cannot hold up the other streams' responses that long
+INLINE_TOKENIZE_BYTES = 1024
 _END = object()  # the response iterator's end
 # tensorrt_llm always ends a request with output_ids or an error. Seen under 64 clients (issue 14): about one
 # in five requests that tensorrt_llm refuses at once (NaN temperature, top_p 1.5: its error sent from its
@@ -187,7 +199,10 @@ class TritonPythonModel:
             except Exception as exc:  # a bug must fail this row with its message, never hang the stream
                 finish_row(pbutils.error_response(pb_utils, f"internal error: {type(exc).__name__}: {exc}"))
 
-        await asyncio.gather(*(serve_row(b, row) for b, row in enumerate(rows)))
+        if len(rows) == 1:  # the usual request: no task of its own (one loop turn less)
+            await serve_row(0, rows[0])
+        else:
+            await asyncio.gather(*(serve_row(b, row) for b, row in enumerate(rows)))
 
     def _request(self, model, inputs, outputs, request_id=""):
         return pb_utils.InferenceRequest(model_name=self.models[model], requested_output_names=outputs,
@@ -199,7 +214,9 @@ class TritonPythonModel:
 
     async def _preprocess(self, inputs):
         if not any(name in inputs for name in MEDIA_INPUTS):
-            try:  # tokenizing touches no pb_utils: off the loop
+            try:  # tokenizing touches no pb_utils: a long prompt goes off the loop
+                if _text_bytes(inputs) <= INLINE_TOKENIZE_BYTES:
+                    return self.text_preprocessing.run(inputs)
                 return await self._blocking(self.text_preprocessing.run, inputs)
             except RequestError:
                 raise
@@ -247,10 +264,11 @@ class TritonPythonModel:
             yield pbutils.response_inputs(pb_utils, response, LLM_OUTPUTS)
             return
         request_id = f"bls-{uuid.uuid4().hex}"
-        responses = await self._exec(self._request("tensorrt_llm", inputs, LLM_OUTPUTS, request_id), decoupled=True)
+        drain = _Drain(asyncio.get_running_loop(), self._retire)
+        self.blocking.submit(drain.run, self._request("tensorrt_llm", inputs, LLM_OUTPUTS, request_id))
         finished, answered = False, False
         try:
-            while (response := await self._next(responses)) is not None:
+            while (response := await drain.next()) is not None:
                 if response.has_error():
                     finished = True
                     raise RequestError(response.error().message())
@@ -262,22 +280,95 @@ class TritonPythonModel:
             if not answered:
                 raise RequestError(EMPTY_STREAM)
         finally:
-            try:
-                if not finished:
-                    await self._stop(request_id, responses)
-            finally:
-                self._retire(responses)
+            if not finished:
+                await drain.settled.wait()  # exec returns with the first response: a stop must come after it
+                if drain.started:
+                    await self._stop(request_id, drain)
 
-    async def _stop(self, request_id, responses):
-        """tensorrtllm_backend's stop request, then the rest of the stopped stream (it ends within one step)."""
+    async def _stop(self, request_id, drain):
+        """tensorrtllm_backend's stop request, then the end of the stopped stream (it ends within one step)."""
         stop = await self._exec(self._request("tensorrt_llm", STOP_REQUEST, [], request_id), decoupled=True)
         try:
             while await self._next(stop) is not None:
                 pass
         finally:
             self._retire(stop)
-        while await self._next(responses) is not None:
+        await drain.ended.wait()
+
+
+class _Drain:
+    """One generation's `request.exec(decoupled=True)` and every `next` of its response iterator, in one pool thread;
+    each response goes to the loop as it arrives (call_soon_threadsafe). The loop keeps the iterator and
+    retires it (ITERATOR_GRACE_S) once the stream has ended, whether or not anyone still reads it.
+
+    Args:
+        loop: the model's event loop.
+        retire: TritonPythonModel._retire (called on the loop).
+    """
+
+    def __init__(self, loop, retire):
+        self.loop, self.retire = loop, retire
+        self.items = asyncio.Queue()  # responses, then None at the end; an exception if exec failed
+        self.ended = asyncio.Event()  # set on the loop once the stream ended (or exec failed)
+        self.settled = asyncio.Event()  # set on the loop once exec returned or failed
+        self.started = False  # exec returned a stream (a stop request can name it)
+        self.iterator = None
+
+    def run(self, request):
+        """Pool thread: exec, then every response, then the end (an error of exec or next: raised to the reader)."""
+        try:
+            iterator = request.exec(decoupled=True)
+        except BaseException as exc:
+            self._post(self._failed, exc)
+            return
+        self._post(self._opened, iterator)
+        try:
+            while (response := next(iterator, _END)) is not _END:
+                self._post(self.items.put_nowait, response)
+                del response  # the loop holds it now
+        except BaseException as exc:
+            self._post(self.items.put_nowait, exc)
+        del iterator  # the loop's reference is the last: it retires the iterator
+        self._post(self._finished, None)
+
+    async def next(self):
+        """The next response, or None at the stream's end."""
+        item = await self.items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _post(self, callback, value):
+        try:
+            self.loop.call_soon_threadsafe(callback, value)
+        except RuntimeError:  # the loop is closed (the model is being unloaded): nobody is waiting
             pass
+
+    # ---- on the loop ----
+
+    def _opened(self, iterator):
+        self.iterator, self.started = iterator, True
+        self.settled.set()
+
+    def _failed(self, exc):
+        self.items.put_nowait(exc)
+        self.settled.set()
+        self.ended.set()
+
+    def _finished(self, _):
+        self.items.put_nowait(None)
+        self.ended.set()
+        iterator, self.iterator = self.iterator, None
+        self.retire(iterator)
+
+
+def _text_bytes(inputs) -> int:
+    """Bytes of a request's text inputs (object arrays of bytes or str)."""
+    total = 0
+    for value in inputs.values():
+        if value is not None and value.dtype == object:
+            total += sum(len(v) for v in value.reshape(-1) if isinstance(v, (bytes, str)))
+    return total
 
 
 def _extra_ids(params, assets):
