@@ -8,11 +8,22 @@ BlsHandler over PreprocessingHandler, VisionHandler and LlmHandler, configured f
 repository's parameters, decoder threads included). Rounds alternate in-process and served
 requests so that both see the same machine load; overhead = p50 served - p50 in-process.
 
+Each round runs the in-process request and every served one in a shuffled order (seeded), each after
+PAUSE_S of idleness: measured here, the first gRPC call after 20 ms of in-process work in the same
+process took 2.5-3 ms longer to open its stream (the client's gRPC threads had waited for the GIL),
+so a fixed order charged that to whichever entry point came right after the in-process request.
+
+`NvlmClient` keeps its gRPC stream open between requests (the default); the `fresh stream per
+request` rows open and close one per request (`keep_stream=False`, what the client did before
+2026-12-01: start_stream / stop_stream cost about 1.5 ms in the client alone, and the server sets
+the stream up, 3-4 ms at p50 in all).
+
     .venv/bin/python benchmarks/serving_overhead.py [--quick] [--workdir DIR]
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import time
@@ -27,6 +38,8 @@ NAME = "serving_overhead"
 PROMPT = "What color is the shape?"
 TOKENS = 8
 GOAL_MS = 3.0
+PAUSE_S = 0.03  # idle before each timed request (module docstring)
+FRESH_STREAM = "tensorrt_llm_bls, fresh stream per request"
 
 
 def run(workdir: Path, quick: bool = False) -> dict:
@@ -36,8 +49,11 @@ def run(workdir: Path, quick: bool = False) -> dict:
     rounds = 10 if quick else 40
     with serving(repo) as server:
         rows, samples = measure(repo, server, rounds)
-    bls = {r["request"].split(",")[0] + ("" if "whole" in r["request"] else " streamed"): r for r in rows
-           if r["entry point"] == "tensorrt_llm_bls"}
+    def by_case(entry):
+        return {r["request"].split(",")[0] + ("" if "whole" in r["request"] else " streamed"): r for r in rows
+                if r["entry point"] == entry}
+
+    bls, fresh = by_case("tensorrt_llm_bls"), by_case(FRESH_STREAM)
     text_bls, streamed_bls, image_bls = bls["text"], bls["text streamed"], bls["image streamed"]
     return {"name": NAME, "title": "Serving overhead: tritonserver vs the same work in-process (demo model)",
             "goal": f"text request (whole answer) through tensorrt_llm_bls (the recommended entry point): overhead p50 "
@@ -46,8 +62,15 @@ def run(workdir: Path, quick: bool = False) -> dict:
             "notes": (f"overhead through the BLS: text {text_bls['overhead p50 ms']:.2f} ms (whole answer), "
                       f"{streamed_bls['overhead p50 ms']:.2f} ms (streamed: one response per token), image "
                       f"{image_bls['overhead p50 ms']:.2f} ms (streamed) (p50 over {rounds} rounds; in-process and served "
-                      "requests alternate, so both see the same load). The image is a 448 x 224 PNG; the vision "
-                      "encoder's tile cache is warm on both sides. Shared 2-core machine: compare columns, not runs.")}
+                      "requests alternate in a shuffled order, each after an idle pause, so all see the same load). "
+                      "The client keeps its gRPC stream open between requests; with a fresh stream per request "
+                      f"(the client before): text {fresh['text']['overhead p50 ms']:.2f} ms whole, "
+                      f"{fresh['text streamed']['overhead p50 ms']:.2f} ms streamed. What remains is the "
+                      "crossings between processes a BLS request makes (client -> server -> BLS stub -> tensorrt_llm "
+                      "stub and back, a few tenths of a millisecond each on an idle machine, more on a loaded one) and, "
+                      "streamed, each token's response crossing them while the decoder shares the cores. The image is a "
+                      "448 x 224 PNG; the vision encoder's tile cache is warm on both sides. Shared 2-core machine: "
+                      "compare columns, not runs.")}
 
 
 def image_bytes() -> bytes:
@@ -119,6 +142,8 @@ def measure(repo: Path, server, rounds: int) -> tuple[list[dict], dict[str, list
     cases = {"text, streamed": ((), True), "text, whole": ((), False), "image, streamed": ((image_bytes(),), True)}
     samples: dict[str, list[float]] = {}
     clients = {model: NvlmClient(server.grpc_url, model=model) for model in ("tensorrt_llm_bls", "ensemble")}
+    clients[FRESH_STREAM] = NvlmClient(server.grpc_url, model="tensorrt_llm_bls", keep_stream=False)
+    order = random.Random(0)
     try:
         for case, (images, stream) in cases.items():
             request, arrays = request_arrays(images, stream)
@@ -126,12 +151,17 @@ def measure(repo: Path, server, rounds: int) -> tuple[list[dict], dict[str, list
                 time_in_process(bls, arrays)
                 for client in clients.values():
                     time_served(client, request)
+            for who in ["in-process", *clients]:  # series in a fixed order (tables, plots)
+                samples.setdefault(f"{case}: {who}", [])
             for _ in range(rounds):
-                samples.setdefault(f"{case}: in-process", []).append(time_in_process(bls, arrays))
-                for model, client in clients.items():
-                    samples.setdefault(f"{case}: {model}", []).append(time_served(client, request))
-            print(f"[{NAME}] {case}: " + ", ".join(f"{k.split(': ')[1]} p50 {statistics.median(v):.1f} ms"
-                                                   for k, v in samples.items() if k.startswith(case)), flush=True)
+                turns = ["in-process", *clients]
+                order.shuffle(turns)
+                for who in turns:
+                    time.sleep(PAUSE_S)
+                    ms = time_in_process(bls, arrays) if who == "in-process" else time_served(clients[who], request)
+                    samples[f"{case}: {who}"].append(ms)
+            print(f"[{NAME}] {case}: " + ", ".join(f"{who} p50 {statistics.median(samples[f'{case}: {who}']):.1f} ms"
+                                                   for who in ["in-process", *clients]), flush=True)
     finally:
         for client in clients.values():
             client.close()

@@ -295,3 +295,20 @@ def test_greedy_answers_are_identical_across_grpc_and_triton_http(server, refere
     with urllib.request.urlopen(request, timeout=120) as response:
         events = [json.loads(line[5:]) for line in response.read().decode().splitlines() if line.startswith("data:")]
     assert "".join(e["text_output"] for e in events) == want
+
+
+def test_the_client_keeps_its_stream_between_requests_and_drops_it_when_a_request_is_abandoned(server, reference):
+    want = reference_ids(reference, "Hello, how are you?", [], 8)
+    decode = make_decode(reference.tokenizer)
+    with client(server) as c:
+        assert c.chat("Hello, how are you?", max_tokens=8) == decode(want) and c.stream_open
+        assert c.chat("Hello, how are you?", max_tokens=8, stream=True) == decode(want) and c.stream_open
+        pieces = c.stream("Hello, how are you?", max_tokens=64)
+        next(pieces)
+        pieces.close()  # the caller stops reading: the stream is closed and Triton cancels the rest
+        assert not c.stream_open
+        assert c.chat("Hello, how are you?", max_tokens=8) == decode(want)
+    from nvlm_deploy.client.sync import NvlmClient
+
+    with NvlmClient(server.grpc_url, keep_stream=False) as fresh:
+        assert fresh.chat("Hello, how are you?", max_tokens=8) == decode(want) and not fresh.stream_open

@@ -93,6 +93,10 @@ def test_killed_stubs_are_recovered_and_serve_stops_clean(cpu_repo_tp, reference
         want = expected(reference)
         assert answer(serve) == want  # tp 2 in one process, equal to the tp 1 reference
         tritonserver = serve.tritonserver_pid()
+        from nvlm_deploy.client import NvlmClient
+
+        kept = NvlmClient(serve.grpc_url, timeout=120)  # its stream stays open across the restart below
+        assert kept.chat(PROMPT, max_tokens=16) == want and kept.stream_open
 
         # 1. the decoder's stub killed mid-stream
         error, seconds = kill_stub_mid_stream(serve, "tensorrt_llm")
@@ -101,8 +105,14 @@ def test_killed_stubs_are_recovered_and_serve_stops_clean(cpu_repo_tp, reference
         assert "went away" in str(error) or "not healthy" in str(error), error
         wait_not_ready(serve, "/v2/models/tensorrt_llm/ready")
         serve.wait_for("restarted:", timeout=120)
-        assert "FAULT: the Python stub of model tensorrt_llm" in serve.output
+        # the stub's death is reported as such; or, now and then under load, tritonserver 2.51's python backend
+        # aborts on it (a C++ exception in libtriton_python.so, seen 2 times in about 14 runs): reported and
+        # restarted the same way
+        assert ("FAULT: the Python stub of model tensorrt_llm" in serve.output
+                or "exited with signal SIGABRT" in serve.output), serve.output
         assert answer(serve) == want
+        assert kept.chat(PROMPT, max_tokens=16) == want  # its old stream died with the server: a new one, no error
+        kept.close()
         assert serve.tritonserver_pid() != tritonserver
 
         # 2. an idle stub killed
