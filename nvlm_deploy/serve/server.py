@@ -107,9 +107,27 @@ def _dist_version(name: str) -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", *, taken=()) -> list[int]:
+    """`count` distinct TCP ports free right now on `host`, none of them in `taken`.
+
+    All are held open until every one is chosen: asked one at a time, the kernel may hand out a port
+    it just gave (tritonserver then refuses gRPC and HTTP "at the same address and port").
+    """
+    sockets, ports = [], []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind((host, 0))
+            if s.getsockname()[1] not in taken:
+                ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
 
 
 EXIT_TIMEOUT_S = 10  # tritonserver --exit-timeout-secs: in-flight requests get this long on SIGTERM (its default: 30)
@@ -349,8 +367,8 @@ def start_server(repo: str | Path, *, grpc_port: int | None = None, http_port: i
     if not repo.is_dir():
         raise DeployError(f"{repo} is not a directory: pass a model repository written by `nvlm-deploy package`.")
     dist = dist or find_tritonserver()
-    grpc_port = grpc_port or free_port(host)
-    http_port = http_port or free_port(host)
+    spare = free_ports(2, host, taken={grpc_port, http_port, metrics_port})
+    grpc_port, http_port = grpc_port or spare[0], http_port or spare[1]
     log_path = Path(log_path or repo.resolve().parent / f"{repo.resolve().name}.tritonserver-{grpc_port}.log")
     cmd = launch_command(repo, grpc_port=grpc_port, http_port=http_port, host=host, world_size=world_size, dist=dist,
                          metrics_port=metrics_port)

@@ -13,14 +13,14 @@ import urllib.request
 from pathlib import Path
 
 from nvlm_deploy.serve.processes import python_stubs
-from nvlm_deploy.serve.server import free_port
+from nvlm_deploy.serve.server import free_ports
 
 
 class ServeCommand:
     """`python -m nvlm_deploy serve REPO` on free ports; its output lines are collected by a thread."""
 
     def __init__(self, repo: Path, *, log_path: Path, extra: tuple[str, ...] = ()):
-        self.grpc_port, self.http_port = free_port(), free_port()
+        self.grpc_port, self.http_port = free_ports(2)
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nvlm_deploy", "serve", str(repo), "--grpc-port", str(self.grpc_port),

@@ -183,9 +183,9 @@ def test_serve_cli_waits_until_ready_and_stops_cleanly_on_ctrl_c(cpu_repo):
     import sys
 
     from nvlm_deploy.client.sync import NvlmClient
-    from nvlm_deploy.serve.server import free_port
+    from nvlm_deploy.serve.server import free_ports
 
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     cli = [sys.executable, "-m", "nvlm_deploy", "serve", str(cpu_repo), "--grpc-port", str(grpc_port),
            "--http-port", str(http_port)]
     proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -38,3 +38,9 @@ def test_free_port_is_bindable():
     port = srv.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_avoid_the_taken_ones():
+    taken = set(srv.free_ports(3))
+    ports = srv.free_ports(20, taken=taken)
+    assert len(set(ports)) == 20 and not taken & set(ports)
