@@ -57,9 +57,8 @@ def write_layerwise(model_dir: str | Path, directory: Path, options, *, dtype) -
     from nvlm_deploy.config import NvlmConfig
     from nvlm_deploy.model.checkpoint import CheckpointIndex
     from nvlm_deploy.quant.linears import meta_decoder
-    from nvlm_deploy.quant.quantize import checkpoint_config, padded_mlp_width
     from nvlm_deploy.quant.recipes import recipe
-    from nvlm_deploy.quant.trtllm_checkpoint import StreamingRankFiles
+    from nvlm_deploy.quant.trtllm_checkpoint import StreamingRankFiles, checkpoint_config, padded_mlp_width
     from nvlm_deploy.trtllm.names import plan_tensors
     from nvlm_deploy.trtllm.rank_files import RankLayout
 
@@ -103,7 +102,7 @@ def calibrate_layerwise(model_dir: str | Path, options, *, on_layer=None):
     from nvlm_deploy.model.checkpoint import CheckpointIndex
     from nvlm_deploy.progress import progress
     from nvlm_deploy.quant import linears
-    from nvlm_deploy.quant.quantize import padded_mlp_width
+    from nvlm_deploy.quant.trtllm_checkpoint import padded_mlp_width
     from nvlm_deploy.quant.recipes import recipe
 
     r = recipe(options.recipe)

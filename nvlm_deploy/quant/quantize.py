@@ -132,6 +132,7 @@ def calibrate(model_dir: Path, options: QuantizeOptions):
     from nvlm_deploy.quant import linears
     from nvlm_deploy.quant.calibration import calibration_requests, forward_loop
     from nvlm_deploy.quant.recipes import recipe
+    from nvlm_deploy.quant.trtllm_checkpoint import padded_mlp_width
 
     r = recipe(options.recipe)
     mtq = require("modelopt.torch.quantization", extra="quant", purpose=f"quantize --recipe {r.name}")
@@ -154,7 +155,7 @@ def calibrate(model_dir: Path, options: QuantizeOptions):
 def write_checkpoint(directory: Path, model, decoder, options: QuantizeOptions, *, padded: int, dtype) -> None:
     """config.json + rank files of a calibrated reference model (whole-model calibration) into `directory`."""
     from nvlm_deploy.quant.recipes import recipe
-    from nvlm_deploy.quant.trtllm_checkpoint import rank_tensors, write_rank_files
+    from nvlm_deploy.quant.trtllm_checkpoint import checkpoint_config, rank_tensors, write_rank_files
     from nvlm_deploy.trtllm.names import HF_PREFIX, plan_tensors
     from nvlm_deploy.trtllm.rank_files import RankLayout
 
@@ -169,25 +170,6 @@ def write_checkpoint(directory: Path, model, decoder, options: QuantizeOptions, 
                            num_kv_heads=llm.num_key_value_heads, int4=r.int4, group_size=options.group_size)
     checkpoint_config(llm, options, padded=padded, dtype=dtype).write(directory)
     write_rank_files(directory, tensors)
-
-
-def padded_mlp_width(llm, options: QuantizeOptions) -> int:
-    """The MLP width the checkpoint holds: zero-padded for int4 with tp > 1 so each rank holds whole groups."""
-    from nvlm_deploy.quant.recipes import padded_intermediate, recipe
-
-    if recipe(options.recipe).int4 and options.tp > 1:
-        return padded_intermediate(llm.intermediate_size, group_size=options.group_size, tp=options.tp)
-    return llm.intermediate_size
-
-
-def checkpoint_config(llm, options: QuantizeOptions, *, padded: int, dtype):
-    """The quantized checkpoint's TrtllmConfig: the decoder's, with the padded MLP width and the recipe's QuantConfig."""
-    from nvlm_deploy.quant.recipes import recipe
-    from nvlm_deploy.trtllm.config import TrtllmConfig
-
-    config = TrtllmConfig.from_llm(llm, tp=options.tp, pp=options.pp, precision=dtype)
-    return dataclasses.replace(config, intermediate_size=padded, quantization=recipe(options.recipe).quant_config(
-        group_size=options.group_size, kv_cache=options.kv_cache))
 
 
 def write_checkpoint_manifest(directory: Path, model_dir: Path, options: QuantizeOptions, *, prec, llm, padded: int) -> None:

@@ -16,6 +16,7 @@ fp32 is replicated on every rank of its layer.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -86,6 +87,25 @@ def rank_tensors(targets: list[PlannedTensor], source, decoder: CalibratedDecode
                 local = names.layer_tensor(layer - layers.start, names.KV_CACHE_SCALING_FACTOR)
                 out[rank][local] = scale.reshape(1).float()
     return out
+
+
+def padded_mlp_width(llm, options) -> int:
+    """The MLP width the checkpoint holds: zero-padded for int4 with tp > 1 so each rank holds whole groups."""
+    from nvlm_deploy.quant.recipes import padded_intermediate, recipe
+
+    if recipe(options.recipe).int4 and options.tp > 1:
+        return padded_intermediate(llm.intermediate_size, group_size=options.group_size, tp=options.tp)
+    return llm.intermediate_size
+
+
+def checkpoint_config(llm, options, *, padded: int, dtype):
+    """The quantized checkpoint's TrtllmConfig: the decoder's, with the padded MLP width and the recipe's QuantConfig."""
+    from nvlm_deploy.quant.recipes import recipe
+    from nvlm_deploy.trtllm.config import TrtllmConfig
+
+    config = TrtllmConfig.from_llm(llm, tp=options.tp, pp=options.pp, precision=dtype)
+    return dataclasses.replace(config, intermediate_size=padded, quantization=recipe(options.recipe).quant_config(
+        group_size=options.group_size, kv_cache=options.kv_cache))
 
 
 def write_rank_files(directory: Path, tensors: list[dict[str, torch.Tensor]]) -> None:
