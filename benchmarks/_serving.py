@@ -48,14 +48,18 @@ def script_main(run, name: str) -> None:
     """`python benchmarks/<name>.py [--quick] [--workdir DIR]`: run, print the table, write results/<name>.json."""
     import argparse
 
-    from nvlm_deploy.bench.report import markdown_table
-
     parser = argparse.ArgumentParser(description=run.__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"nvlm-bench-{name}")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result = run(args.workdir, quick=args.quick)
+    report_result(run(args.workdir, quick=args.quick), name)
+
+
+def report_result(result: dict, name: str) -> None:
+    """Script mode's output: the result's markdown table, goal and notes printed; results/<name>.json written."""
+    from nvlm_deploy.bench.report import markdown_table
+
     print(f"## {result['title']}\n\n{markdown_table(result['rows'])}\n\ngoal: {result['goal']} -> met: {result['met']}\n"
           f"\n{result['notes']}")
     RESULTS.mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 GB = 1e9
-RESULTS = Path(__file__).parent / "results" / "llm_convert_memory.json"
+NAME = "llm_convert_memory"
 SHARD_BYTES = 4 * 1024**3
 
 
@@ -181,7 +181,7 @@ def run(workdir: Path, quick: bool = False) -> dict:
               "peak RSS GB": round(r["peak_rss_bytes"] / GB, 2), "bound GB": round(bound / GB, 2),
               "within bound": r["peak_rss_bytes"] <= bound, "output GB": round(r["output_bytes"] / GB, 2)}
              for r in rows]
-    return {"name": "llm_convert_memory",
+    return {"name": NAME,
             "title": f"Decoder conversion peak memory ({'quarter' if quick else 'NVLM-D-72B'} widths, 2 layers, "
                      f"{source['total_bytes'] / GB:.2f} GB)",
             "goal": "peak RSS <= 1.5 x the largest tensor + 0.5 GB at tp 1 and tp 4",
@@ -212,14 +212,10 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    columns = list(result["rows"][0])
-    print(f"## {result['title']}\n")
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in result["rows"]:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
-    print(f"\ngoal: {result['goal']} -> met: {result['met']}\n\n{result['notes']}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+    from benchmarks._serving import report_result
+
+    report_result(result, NAME)
 
 
 if __name__ == "__main__":

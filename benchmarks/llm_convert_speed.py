@@ -27,7 +27,6 @@ Writes benchmarks/results/llm_convert_speed.json and prints a markdown table. Th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -38,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.llm_convert_memory import GB, QUICK_WIDTHS, measure, write_checkpoint  # noqa: E402
 
 NAME = "llm_convert_speed"
-RESULTS = Path(__file__).parent / "results" / f"{NAME}.json"
 GOALS = {"convert tp1": 1.5, "convert tp4": 2.0}  # x the copy's wall time (#12 item 5)
 SAME_BYTES = "copy of tp4's output size"  # the source copied over again until as many bytes as tp4 writes
 # Peak RSS before this work (2.8 GB at 72B widths: the largest tensor, the 2.49 GB embedding, read whole);
@@ -109,14 +107,9 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    columns = list(result["rows"][0])
-    print(f"## {result['title']}\n")
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in result["rows"]:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
-    print(f"\ngoal: {result['goal']} -> met: {result['met']}\n\n{result['notes']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    from benchmarks._serving import report_result
+
+    report_result(result, NAME)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "quantize_memory.json"
+NAME = "quantize_memory"
 GB = 1e9
 CALIBRATIONS = ("layerwise", "whole-model")  # quant.quantize.CALIBRATIONS, the cases run through `quantize`
 
@@ -111,7 +111,7 @@ def run(workdir: Path, quick: bool = False, *, scale: int | None = None) -> dict
     rows.append({"case": "decoder fp32 weights (estimate)", "peak_rss_gb": round(4 * decoder_params / GB, 3),
                  "seconds": None, "vs_modelopt": None})
     ratio = peaks["layerwise"]["peak_rss_bytes"] / base
-    return {"name": "quantize_memory", "title": "Peak RSS of quantize (layer by layer) vs modelopt's whole-model flow",
+    return {"name": NAME, "title": "Peak RSS of quantize (layer by layer) vs modelopt's whole-model flow",
             "goal": "quantize peak RSS below modelopt's whole-model flow on the same checkpoint",
             "met": ratio < 1.0, "rows": rows, "samples": {},
             "notes": (f"2-layer NVLM-D, NVLM-D-72B's vocabulary, decoder widths 72B/{scale} ({widths}); fp8, 4 "
@@ -134,12 +134,10 @@ def main() -> None:
         child(args.child, Path(args.model), Path(args.out))
         return
     result = run(Path(args.workdir), scale=1 if args.full else args.scale)
-    print("| case | peak RSS (GB) | seconds | vs modelopt |\n|---|---:|---:|---:|")
-    for r in result["rows"]:
-        print(f"| {r['case']} | {r['peak_rss_gb']} | {r['seconds']} | {r['vs_modelopt']} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+    from benchmarks._serving import report_result
+
+    report_result(result, NAME)
 
 
 if __name__ == "__main__":

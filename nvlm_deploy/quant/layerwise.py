@@ -34,15 +34,6 @@ EMBEDDING = f"{HF_PREFIX}model.embed_tokens.weight"
 VISION_PREFIXES = ("vision_model.", "mlp1.")
 
 
-def checkpoint_source(model_dir: str | Path):
-    """(HF decoder tensor names, name -> tensor in its stored dtype) from the memory-mapped checkpoint, one at a time."""
-    from nvlm_deploy.model.checkpoint import CheckpointIndex
-
-    index = CheckpointIndex.open(model_dir)
-    names = sorted(n for n in index.names(HF_PREFIX) if n.endswith((".weight", ".bias")))
-    return names, index.get
-
-
 def write_layerwise(model_dir: str | Path, directory: Path, options, *, dtype) -> int:
     """Calibrate layer by layer and write config.json + rank files into `directory` as each layer finishes.
 
@@ -63,21 +54,22 @@ def write_layerwise(model_dir: str | Path, directory: Path, options, *, dtype) -
     from nvlm_deploy.trtllm.rank_files import RankLayout
 
     r = recipe(options.recipe)
-    llm = NvlmConfig.from_hf(model_dir).llm
-    index = CheckpointIndex.open(model_dir)
-    names, source = checkpoint_source(model_dir)
+    config = NvlmConfig.from_hf(model_dir)
+    llm = config.llm
+    index = CheckpointIndex.open(model_dir)  # memory-mapped: pass-through tensors are read one at a time
+    names = sorted(n for n in index.names(HF_PREFIX) if n.endswith((".weight", ".bias")))
     padded = padded_mlp_width(llm, options)
     targets = plan_tensors(names, num_layers=llm.num_hidden_layers, attention_bias=llm.attention_bias,
                            tie_word_embeddings=llm.tie_word_embeddings, where=str(model_dir))
     checkpoint_config(llm, options, padded=padded, dtype=dtype).write(directory)
-    plan = meta_decoder(llm, int4=r.int4, group_size=options.group_size, kv_cache=options.kv_cache == "fp8",
-                        padded=padded)
-    files = StreamingRankFiles(directory, targets, source, RankLayout(tp=options.tp, pp=options.pp,
-                                                                      num_layers=llm.num_hidden_layers),
+    plan = meta_decoder(llm.num_hidden_layers, index.shape, int4=r.int4, group_size=options.group_size,
+                        kv_cache=options.kv_cache == "fp8", padded=padded)
+    files = StreamingRankFiles(directory, targets, index.get, RankLayout(tp=options.tp, pp=options.pp,
+                                                                         num_layers=llm.num_hidden_layers),
                                shape=index.shape, plan=plan, dtype=dtype.torch_dtype(),
                                num_kv_heads=llm.num_key_value_heads, int4=r.int4, group_size=options.group_size)
     try:
-        calibrate_layerwise(model_dir, options, on_layer=files.add_layer)
+        calibrate_layerwise(model_dir, config, index, options, padded=padded, on_layer=files.add_layer)
         files.finish()
     except BaseException:
         files.abort()
@@ -86,33 +78,26 @@ def write_layerwise(model_dir: str | Path, directory: Path, options, *, dtype) -
 
 
 @torch.no_grad()
-def calibrate_layerwise(model_dir: str | Path, options, *, on_layer=None):
+def calibrate_layerwise(model_dir: str | Path, config, index, options, *, padded: int, on_layer) -> None:
     """Calibrate one layer at a time; each finished layer (compacted, padded) goes to `on_layer(i, decoder)`.
 
-    Returns (the calibrated decoder of every layer, padded intermediate size) when `on_layer` is None
-    (the finished layers are then kept; tests compare them with the whole-model flow), else (None, padded).
-
     Args:
-        model_dir: HF NVLM-D checkpoint.
+        model_dir: HF NVLM-D checkpoint (its preprocessor makes the calibration requests).
+        config: its NvlmConfig.
+        index: its CheckpointIndex.
         options: `quant.quantize.QuantizeOptions`.
+        padded: the MLP width the checkpoint holds (`trtllm_checkpoint.padded_mlp_width`).
         on_layer: called with (layer index, CalibratedDecoder of that layer) as each layer finishes.
     """
-    from nvlm_deploy.config import NvlmConfig
     from nvlm_deploy.lazy import require
-    from nvlm_deploy.model.checkpoint import CheckpointIndex
     from nvlm_deploy.progress import progress
     from nvlm_deploy.quant import linears
-    from nvlm_deploy.quant.trtllm_checkpoint import padded_mlp_width
     from nvlm_deploy.quant.recipes import recipe
 
     r = recipe(options.recipe)
     mtq = require("modelopt.torch.quantization", extra="quant", purpose=f"quantize --recipe {r.name}")
-    config = NvlmConfig.from_hf(model_dir)
     llm = config.llm
-    padded = padded_mlp_width(llm, options)
-    index = CheckpointIndex.open(model_dir)
     hidden = calibration_hidden_states(model_dir, config, index, options)
-    kept = linears.CalibratedDecoder({}, {}) if on_layer is None else None
     cfg = r.modelopt_config(group_size=options.group_size, kv_cache=options.kv_cache)
     for i in progress(range(llm.num_hidden_layers), desc="calibrate layers", unit="layer"):
         lm = one_layer_model(llm, index, i)
@@ -130,14 +115,9 @@ def calibrate_layerwise(model_dir: str | Path, options, *, on_layer=None):
             lin.compact(int4=r.int4, group_size=options.group_size)
         linears.pad_intermediate(part, num_layers=llm.num_hidden_layers, intermediate=llm.intermediate_size,
                                  padded=padded, group_size=options.group_size, layers=[i])
-        if on_layer is None:
-            kept.linears.update(part.linears)
-            kept.kv_scales.update(part.kv_scales)
-        else:
-            on_layer(i, part)
+        on_layer(i, part)
         del part
         hidden = outputs
-    return kept, padded
 
 
 def calibration_hidden_states(model_dir, config, index, options) -> list[torch.Tensor]:

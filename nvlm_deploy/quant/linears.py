@@ -91,24 +91,32 @@ def collect(language_model, *, int4: bool, group_size: int, kv_cache: bool, firs
     return CalibratedDecoder(linears, kv_scales)
 
 
-def meta_decoder(llm, *, int4: bool, group_size: int, kv_cache: bool, padded: int) -> CalibratedDecoder:
-    """A compacted CalibratedDecoder of meta tensors with the real shapes: what the writer plans file headers from."""
-    heads, kv_heads, head_dim, hidden = llm.num_attention_heads, llm.num_key_value_heads, llm.head_dim, llm.hidden_size
-    shapes = {"self_attn.q_proj": (heads * head_dim, hidden), "self_attn.k_proj": (kv_heads * head_dim, hidden),
-              "self_attn.v_proj": (kv_heads * head_dim, hidden), "self_attn.o_proj": (hidden, heads * head_dim),
-              "mlp.gate_proj": (padded, hidden), "mlp.up_proj": (padded, hidden), "mlp.down_proj": (hidden, padded)}
+def meta_decoder(num_layers: int, shape, *, int4: bool, group_size: int, kv_cache: bool, padded: int) -> CalibratedDecoder:
+    """A compacted CalibratedDecoder of meta tensors with the real shapes: what the writer plans file headers from.
+
+    Args:
+        num_layers: decoder layers.
+        shape: HF tensor name -> its shape in the checkpoint (CheckpointIndex.shape; no data read).
+        padded: the MLP width the checkpoint holds (gate/up rows and down columns padded to it).
+    """
     meta = torch.device("meta")
     linears = {}
-    for i in range(llm.num_hidden_layers):
-        for name, (n, k) in shapes.items():
+    for i in range(num_layers):
+        for name in LINEARS:
+            full = f"{HF_PREFIX}model.layers.{i}.{name}.weight"
+            n, k = shape(full)
+            if name in ("mlp.gate_proj", "mlp.up_proj"):  # column-parallel: padded rows
+                n = padded
+            elif name == "mlp.down_proj":  # row-parallel: padded columns
+                k = padded
             if int4:
                 lin = CalibratedLinear(None, torch.empty(n, k // group_size, device=meta), None,
                                        torch.empty(k, device=meta), torch.empty(n, k, dtype=torch.int8, device=meta))
             else:
                 lin = CalibratedLinear(None, torch.empty((), device=meta), torch.empty((), device=meta), None,
                                        torch.empty(n, k, dtype=torch.float8_e4m3fn, device=meta))
-            linears[f"{HF_PREFIX}model.layers.{i}.{name}.weight"] = lin
-    kv = {i: torch.empty((), device=meta) for i in range(llm.num_hidden_layers)} if kv_cache else {}
+            linears[full] = lin
+    kv = {i: torch.empty((), device=meta) for i in range(num_layers)} if kv_cache else {}
     return CalibratedDecoder(linears, kv)
 
 

@@ -105,6 +105,12 @@ def test_int4_padding_keeps_the_function_when_groups_per_rank_are_odd(tmp_path):
     ids, table = _request(model.vocab_size, 256)
     got, want = _runtime_logits(rt, ids, table), _fake_quant_logits(model, ids, table, rt)
     assert torch.allclose(got, want, atol=2e-4 * want.abs().max(), rtol=0), (got - want).abs().max()
+    from nvlm_deploy.quant.layerwise import write_layerwise
+
+    (tmp_path / "layerwise").mkdir()  # layer by layer, padded as each layer finishes: the same files
+    assert write_layerwise(ckpt, tmp_path / "layerwise", opts, dtype=precision("fp32")) == 512
+    for f in ("config.json", "rank0.safetensors", "rank1.safetensors"):
+        assert (tmp_path / "layerwise" / f).read_bytes() == (tmp_path / f).read_bytes(), f
 
 
 @pytest.mark.slow
