@@ -16,11 +16,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 from nvlm_deploy.bench.deployment import demo_target  # noqa: E402,F401
 
 
-def demo_repository(target: Path, name: str, *, edits: dict[str, list[tuple[str, str]]] | None = None) -> Path:
-    """A CPU repository target/<name>; edits: model -> [(old text, new text)] applied to its config.pbtxt."""
+def demo_repository(target: Path, name: str, *, edits: dict[str, list[tuple[str, str]]] | None = None,
+                    bls_decoder: str | None = None) -> Path:
+    """A CPU repository target/<name>; edits: model -> [(old text, new text)] applied to its config.pbtxt;
+    bls_decoder: package --bls-decoder (None: the CPU default, local)."""
     from nvlm_deploy.serve.package import PackageOptions, package_repository
 
-    repo = package_repository(target, target / name, runtime="cpu", options=PackageOptions(limits=LIMITS),
+    repo = package_repository(target, target / name, runtime="cpu",
+                              options=PackageOptions(limits=LIMITS, bls_decoder=bls_decoder),
                               log=lambda line: None, force=True)
     for model, changes in (edits or {}).items():
         config = repo / model / "config.pbtxt"

@@ -1,7 +1,9 @@
 """In-flight batching in the CPU `tensorrt_llm` model, against static batching, on the demo model.
 
 Two repositories of the same demo deployment, served one after the other by tritonserver through
-the recommended entry point (`tensorrt_llm_bls`, streaming, text-only):
+the recommended entry point (`tensorrt_llm_bls`, streaming, text-only), packaged with
+`--bls-decoder tensorrt_llm` so that the BLS sends every generation to the `tensorrt_llm` model
+(the CPU default, a decoder in the BLS's process, runs the same in-flight scheduler):
 - before: `gpt_model_type` V1 with the old packaging's 2 ms queue delay: `execute()` generates its
   whole batch before returning, so requests that arrive meanwhile wait for the batch to end;
 - after: `inflight_fused_batching` (the default): requests join the running batch between steps.
@@ -26,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._serving import LIMITS, demo_repository, demo_target, script_main, serving  # noqa: E402
+from nvlm_deploy.contracts import bls_decoder  # noqa: E402
 
 NAME = "inflight_batching"
 PROMPT = "What color is the shape?"
@@ -45,7 +48,9 @@ def run(workdir: Path, quick: bool = False) -> dict:
     figures: dict[str, dict[str, float]] = {}
     samples: dict[str, list[float]] = {}
     for column, edits in STRATEGIES.items():
-        repo = demo_repository(target, f"repo-{len(figures)}", edits={"tensorrt_llm": edits})
+        # the BLS calls the tensorrt_llm model, whose scheduling is measured (a local decoder serves no V1)
+        repo = demo_repository(target, f"repo-{len(figures)}", edits={"tensorrt_llm": edits},
+                               bls_decoder=bls_decoder.TENSORRT_LLM)
         print(f"[{NAME}] serving {column} from {repo}", flush=True)
         with serving(repo) as server:
             figures[column], samples[column] = asyncio.run(measure(server.grpc_url, per_level, trials))

@@ -2,6 +2,7 @@
 
 import argparse
 
+from nvlm_deploy.contracts import bls_decoder
 from nvlm_deploy.contracts.limits import add_limit_arguments, limit_choices
 from nvlm_deploy.preprocess.tokenizer import DEFAULT_SPECIAL_TOKEN_POLICY, SPECIAL_TOKEN_POLICIES
 
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--decoupled-mode", choices=("true", "false"), default="true",
                     help="true (default): streaming over the gRPC stream; false: unary requests (ModelInfer, "
                          "Triton's HTTP infer) work and streaming is refused (Triton decides per model)")
+    io.add_argument("--bls-decoder", choices=bls_decoder.CHOICES, default=None,
+                    help="where tensorrt_llm_bls decodes: local (cpu default: the CPU decoder in the BLS's own "
+                         "process, 4 process crossings fewer per request; the decoder's weights load twice, the "
+                         "ensemble's tensorrt_llm keeps its copy) or tensorrt_llm (each generation a request to "
+                         "that model; gpu: always)")
     add_limit_arguments(parser, note="here for this repository only; gpu engines must cover them")
     pre = parser.add_argument_group("preprocessing")
     pre.add_argument("--preprocessing-instances", type=int, default=None, metavar="N",
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                              allow_remote_image_urls=args.allow_image_urls,
                              preprocessing_instance_count=_instances(args.preprocessing_instances),
                              exif_transpose=args.exif_rotate, special_tokens_in_text=args.special_tokens_in_text,
-                             decoupled_mode=args.decoupled_mode == "true", **_vision_options(args))
+                             decoupled_mode=args.decoupled_mode == "true", bls_decoder=args.bls_decoder,
+                             **_vision_options(args))
     print(f"packaging {args.runtime} repository {args.out} from {args.engines}")
     _check_checkpoint_fits_its_config(args.engines)
     if args.verify:

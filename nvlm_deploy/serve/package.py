@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nvlm_deploy.contracts import client_tensors
+from nvlm_deploy.contracts import bls_decoder, client_tensors
 from nvlm_deploy.contracts.limits import MAX_BEAM_WIDTH, DeploymentLimits
 from nvlm_deploy.contracts.precision import COMPUTE, Precision, precision
 from nvlm_deploy.contracts.target import Target
@@ -104,6 +104,19 @@ class PackageOptions:
     prompt_table_extra_ids: bool = False
     # a request still running this long after it arrived ends with an error (tensorrt_llm cpu, tensorrt_llm_bls)
     request_timeout_s: float = 300.0
+    # where tensorrt_llm_bls decodes (contracts.bls_decoder); None: its default for the runtime
+    bls_decoder: str | None = None
+
+    def bls_decoder_for(self, runtime: str) -> str:
+        """The BLS's decoder on `runtime`; DeployError for a choice that runtime cannot serve."""
+        if self.bls_decoder is None:
+            return bls_decoder.default(runtime)
+        if self.bls_decoder not in bls_decoder.CHOICES:
+            raise DeployError(f"--bls-decoder {self.bls_decoder!r} is not one of {', '.join(bls_decoder.CHOICES)}.")
+        if self.bls_decoder == bls_decoder.LOCAL and runtime != "cpu":
+            raise DeployError("--bls-decoder local is for --runtime cpu (the CPU decoder in the BLS's process); on "
+                              "gpu the decoder is the tensorrtllm backend, which the BLS calls: leave it out.")
+        return self.bls_decoder
 
 
 # ensemble steps' maps when prompt_table_extra_ids is on: vision_encoder turns the token ids into the extra ids
@@ -204,6 +217,7 @@ def template_values(target: Target, runtime_name: str, out: Path, *, limits: Dep
         "special_tokens_in_text": options.special_tokens_in_text,
         "decoupled_mode": options.decoupled_mode,
         "request_timeout_s": options.request_timeout_s,
+        "bls_decoder": options.bls_decoder_for(runtime_name),
         "max_beam_width": MAX_BEAM_WIDTH,
         **client_tensors.render_io(),
         **client_tensors.render_ensemble_maps(),

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from nvlm_deploy.contracts import bls_decoder
 from nvlm_deploy.contracts.manifest import LlmEngineManifest, VisionEngineManifest, write_manifest
 from nvlm_deploy.errors import DeployError
 from nvlm_deploy.serve import package as pkg
@@ -45,6 +46,8 @@ def test_cpu_repository_is_complete_and_self_describing(cpu_repo, engines):
     assert limits["derived"]["prompt_table_rows_per_request"] == 2 * 3 * 256
     assert manifest["paths"]["tensorrt_llm"] == {"checkpoint_dir": "../trtllm_checkpoint"}
     assert manifest["prompt_table_precision"] == "fp32"
+    # the BLS decodes in its own process on cpu (contracts.bls_decoder)
+    assert parsed["tensorrt_llm_bls"].parameters[bls_decoder.PARAMETER].string_value == bls_decoder.LOCAL
 
 
 def test_client_tensors_come_from_one_table(cpu_repo):
@@ -114,6 +117,17 @@ def test_gpu_repository_uses_engine_limits_and_computes_the_kv_cache_fraction(gp
     manifest = repo_manifest(repo)
     assert manifest["engines_gpu"]["llm"]["compute_capability"] == "9.0" and manifest["world_size"] == 1
     assert manifest["limits"]["max_output_len"] == 256 and manifest["limits"]["max_images"] == 2
+    assert parsed["tensorrt_llm_bls"].parameters[bls_decoder.PARAMETER].string_value == bls_decoder.TENSORRT_LLM
+
+
+def test_bls_decoder_choices_the_runtime_cannot_serve_are_refused(engines, gpu_engines, tmp_path):
+    with pytest.raises(DeployError, match="--bls-decoder local is for --runtime cpu"):
+        pkg.package_repository(gpu_engines, tmp_path / "repo", runtime="gpu", log=lambda line: None,
+                               options=pkg.PackageOptions(bls_decoder=bls_decoder.LOCAL))
+    with pytest.raises(DeployError, match="is not one of local, tensorrt_llm"):
+        pkg.package_repository(engines, tmp_path / "repo", runtime="cpu", log=lambda line: None,
+                               options=pkg.PackageOptions(bls_decoder="inside"))
+    assert not (tmp_path / "repo").exists()
 
 
 @pytest.mark.parametrize("precision, triton", [("bf16", "TYPE_BF16"), ("fp16", "TYPE_FP16"), ("fp32", "TYPE_FP32")])
@@ -241,9 +255,10 @@ def test_package_cli_writes_a_repository(engines, tmp_path, capsys):
     from nvlm_deploy.cli import main
 
     assert main(["package", "--engines", str(engines), "--runtime", "cpu", "--out", str(tmp_path / "r"),
-                 "--max-images", "1"]) == 0
+                 "--max-images", "1", "--bls-decoder", "tensorrt_llm"]) == 0
     assert "serve it with" in capsys.readouterr().out
     assert repo_manifest(tmp_path / "r")["limits"]["max_images"] == 1
+    assert configs(tmp_path / "r")["tensorrt_llm_bls"].parameters[bls_decoder.PARAMETER].string_value == "tensorrt_llm"
     assert main(["package", "--engines", str(tmp_path), "--runtime", "cpu", "--out", str(tmp_path / "r2")]) == 1
 
 

@@ -23,6 +23,8 @@ from nvlm_deploy.serve.processes import SHM_DIR, live_group_members
 from tests.serve.serve_cli import ServeCommand
 
 PROMPT = "Hello there"
+# the model whose stub decodes in a CPU repository: the BLS (package --bls-decoder local, the default)
+DECODING_MODEL = "tensorrt_llm_bls"
 # issue 14's bound for the in-flight client's error; not a performance figure: the failure it guards
 # against is a stream that hangs for minutes (measured here: 0.4 s)
 ERROR_WITHIN_S = 10.0
@@ -98,17 +100,17 @@ def test_killed_stubs_are_recovered_and_serve_stops_clean(cpu_repo_tp, reference
         kept = NvlmClient(serve.grpc_url, timeout=120)  # its stream stays open across the restart below
         assert kept.chat(PROMPT, max_tokens=16) == want and kept.stream_open
 
-        # 1. the decoder's stub killed mid-stream
-        error, seconds = kill_stub_mid_stream(serve, "tensorrt_llm")
+        # 1. the decoder's stub killed mid-stream: on CPU the BLS decodes in its own process (contracts.bls_decoder)
+        error, seconds = kill_stub_mid_stream(serve, DECODING_MODEL)
         print(f"in-flight client's error {seconds:.2f} s after the kill: {error}")
         assert seconds < ERROR_WITHIN_S, f"the in-flight client waited {seconds:.1f} s for its error"
         assert "went away" in str(error) or "not healthy" in str(error), error
-        wait_not_ready(serve, "/v2/models/tensorrt_llm/ready")
+        wait_not_ready(serve, f"/v2/models/{DECODING_MODEL}/ready")
         serve.wait_for("restarted:", timeout=120)
         # the stub's death is reported as such; or, now and then under load, tritonserver 2.51's python backend
-        # aborts on it (a C++ exception in libtriton_python.so; 2 of 17 runs on 2026-12-01, both with the BLS of
-        # that day's one-pool-job change, 0 of 6 with the BLS before it): reported and restarted the same way
-        assert ("FAULT: the Python stub of model tensorrt_llm" in serve.output
+        # aborts on it (a C++ exception in libtriton_python.so; 2 of 17 runs on 2026-12-01 when the tensorrt_llm
+        # stub was killed under a BLS calling it): reported and restarted the same way
+        assert (f"FAULT: the Python stub of model {DECODING_MODEL}" in serve.output
                 or "exited with signal SIGABRT" in serve.output), serve.output
         assert answer(serve) == want
         assert kept.chat(PROMPT, max_tokens=16) == want  # its old stream died with the server: a new one, no error

@@ -45,11 +45,14 @@ def write_model_config(repo: Path, model: str, config) -> None:
     (repo / model / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
-def initialize_args(repo: Path, model: str) -> dict[str, str]:
-    """initialize()'s args as Triton passes them (every value a string)."""
+def initialize_args(repo: Path, model: str, parameters: dict[str, str] | None = None) -> dict[str, str]:
+    """initialize()'s args as Triton passes them (every value a string); `parameters` override the config's."""
     from google.protobuf.json_format import MessageToJson
 
     config = model_config(repo, model)
+    for name, value in (parameters or {}).items():
+        assert name in config.parameters, f"{model} has no parameter {name!r} to override"
+        config.parameters[name].string_value = value
     return {"model_config": MessageToJson(config, preserving_proto_field_name=True),
             "model_repository": str(repo / model), "model_name": model, "model_version": "1",
             "model_instance_kind": "CPU", "model_instance_name": f"{model}_0_0", "model_instance_device_id": "0"}
@@ -72,10 +75,11 @@ def import_model(model: str):
     return module
 
 
-def load_model(repo: Path, model: str):
-    """An initialized TritonPythonModel of `model`, configured from the packaged repository `repo`."""
+def load_model(repo: Path, model: str, parameters: dict[str, str] | None = None):
+    """An initialized TritonPythonModel of `model`, configured from the packaged repository `repo`
+    (`parameters`: string parameters that replace the config's)."""
     instance = import_model(model).TritonPythonModel()
-    instance.initialize(initialize_args(repo, model))
+    instance.initialize(initialize_args(repo, model, parameters))
     return instance
 
 

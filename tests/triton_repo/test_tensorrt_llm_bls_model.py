@@ -1,9 +1,13 @@
 """triton_repo/tensorrt_llm_bls/1/model.py in-process (pb_utils stand-in): its BLS requests reach the
-preprocessing, vision_encoder and tensorrt_llm model.py files of the same packaged CPU repository."""
+preprocessing, vision_encoder and tensorrt_llm model.py files of the same packaged CPU repository.
+
+Every test runs with both decoders (`package --bls-decoder`): local (the CPU default: the decoder in
+the BLS's process) and tensorrt_llm (each generation a BLS request, as on GPU)."""
 
 import pytest
 
 from nvlm_deploy.backend.bls import make_decode
+from nvlm_deploy.contracts import bls_decoder
 from nvlm_deploy.client.tensors import ChatRequest, input_arrays
 from tests.triton_repo import pb_utils_standin as pb
 from tests.triton_repo.in_process import (check_final_once_and_last, is_decoupled, load_model, model_config,
@@ -13,16 +17,19 @@ PROMPTS = {"text-only": ("Hello, how are you?", 0), "one image": ("What is in th
            "two images": ("<image> and <image>: which shape is on the left?", 2)}
 
 
-@pytest.fixture(scope="module")
-def bls(cpu_repo):
-    """The BLS model, with the models it calls (named by its config) served in-process."""
+@pytest.fixture(scope="module", params=bls_decoder.CHOICES)
+def bls(cpu_repo, request):
+    """The BLS model with each decoder, with the models it calls (named by its config) served in-process."""
     params = model_config(cpu_repo, "tensorrt_llm_bls").parameters
+    assert params[bls_decoder.PARAMETER].string_value == bls_decoder.LOCAL  # the CPU default
     names = {model: params[f"{model}_model"].string_value
              for model in ("preprocessing", "vision_encoder", "tensorrt_llm")}
     for model, name in names.items():
         pb.register_model(name, load_model(cpu_repo, model), decoupled=is_decoupled(cpu_repo, model))
     assert is_decoupled(cpu_repo, "tensorrt_llm_bls")
-    yield load_model(cpu_repo, "tensorrt_llm_bls")
+    model = load_model(cpu_repo, "tensorrt_llm_bls", {bls_decoder.PARAMETER: request.param})
+    yield model
+    model.finalize()
     for name in names.values():
         pb.unregister_model(name)
 
@@ -61,8 +68,9 @@ def test_answer_equals_the_reference_and_text_only_skips_the_vision_encoder(bls,
     prompt, n = PROMPTS[case]
     pb.EXEC_LOG.clear()
     assert ask(bls, prompt, images[:n]) == [reference_text(reference, prompt, images[:n])]
-    # a text-only request is preprocessed inside the BLS (the same handler): no preprocessing round trip
-    assert pb.EXEC_LOG == (["preprocessing", "vision_encoder"] if n else []) + ["tensorrt_llm"]
+    # a text-only request is preprocessed inside the BLS (the same handler): no preprocessing round trip;
+    # the local decoder makes no tensorrt_llm request
+    assert pb.EXEC_LOG == (["preprocessing", "vision_encoder"] if n else []) + ([] if bls.local else ["tensorrt_llm"])
 
 
 def test_streamed_and_echoed_chunks_concatenate_to_the_whole_text(bls, reference):
@@ -141,6 +149,8 @@ def test_rows_of_different_batch_sizes_are_refused(bls):
     assert "batch size 2" in error_message(sent[-1][0])
 
 
+# the local decoder makes no tensorrt_llm request to hang (tests/backend/test_local_decoder.py has its deadline)
+@pytest.mark.parametrize("bls", [bls_decoder.TENSORRT_LLM], indirect=True)
 def test_a_request_past_its_deadline_gets_an_error_and_the_next_is_served(cpu_repo, bls, reference):
     """request_timeout_s (asyncio.wait_for on the stub's loop): a generation that never answers ends with
     the deadline's error, promptly; the BLS keeps serving. (The stand-in's exec(decoupled=True) hands its

@@ -2,8 +2,9 @@
 
 Calls preprocessing (text-only requests are preprocessed here, by the same handler with the
 preprocessing model's parameters: one model round trip less), vision_encoder only when the request
-has images, tensorrt_llm (decoupled), and detokenizes incrementally so streamed chunks concatenate to
-exactly the whole text.
+has images, tensorrt_llm (decoupled) or, with the `decoder` parameter local (the CPU default:
+contracts.bls_decoder), the CPU decoder in this process (backend.local_decoder: no model round trip),
+and detokenizes incrementally so streamed chunks concatenate to exactly the whole text.
 
 An asyncio model (`async def execute`): python_backend runs the coroutine on the stub's one event
 loop, in the background for a decoupled model and to completion for a non-decoupled one
@@ -55,6 +56,8 @@ from nvlm_deploy.contracts.client_tensors import (BATCH_INDEX, CUM_LOG_PROBS, NU
 from nvlm_deploy.backend.bls import BlsHandler, make_decode, split_rows
 from nvlm_deploy.backend.preprocessing import PreprocessingHandler
 from nvlm_deploy.backend.detokenize import byte_level_unfinished
+from nvlm_deploy.backend.local_decoder import LocalDecoder
+from nvlm_deploy.contracts import bls_decoder
 from nvlm_deploy.backend.request_inputs import RequestError
 
 PRE_OUTPUTS = ["INPUT_ID", "REQUEST_INPUT_LEN", "REQUEST_OUTPUT_LEN", "PIXEL_VALUES", "OUT_END_ID", "OUT_PAD_ID",
@@ -101,8 +104,13 @@ class TritonPythonModel:
         self.names = pbutils.input_names(config)
         self.models = {k: params[f"{k}_model"] for k in ("preprocessing", "vision_encoder", "tensorrt_llm")}
         assets = root / params["assets_dir"]
+        # decoder local (contracts.bls_decoder; the CPU default): the decoder runs in this process, no tensorrt_llm calls
+        self.local = None
+        if params.get(bls_decoder.PARAMETER, bls_decoder.TENSORRT_LLM) == bls_decoder.LOCAL:
+            self.local = LocalDecoder.from_repository(root, self.models["tensorrt_llm"])
         self.handler = BlsHandler(make_decode(Tokenizer.load(assets)), preprocess=self._preprocess, encode=self._encode,
-                                  generate=self._generate, unfinished=byte_level_unfinished(assets / "tokenizer.json"),
+                                  generate=self._generate if self.local is None else self.local.generate,
+                                  unfinished=byte_level_unfinished(assets / "tokenizer.json"),
                                   extra_ids=_extra_ids(params, assets))
         # text-only requests are preprocessed here, by the preprocessing model's own handler and parameters:
         # the same ids without a model round trip; requests with images go to its instances
@@ -134,6 +142,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.blocking.shutdown(wait=False, cancel_futures=True)
+        if self.local is not None:
+            self.local.close()
 
     async def _serve_in_time(self, inputs, reply):
         """_serve, ended with an error after request_timeout_s (its generation stopped in tensorrt_llm)."""
