@@ -202,7 +202,9 @@ class StreamHash:
 
     Regions skipped over read as zeros (the file was extended with truncate), so they are hashed as
     zeros. A write behind the hashed position (out of order) makes the hash unknown: `digest`
-    returns None and the file is hashed by reading instead.
+    returns None and the file is hashed by reading instead. Files that begin with the same bytes
+    (tp ranks' files with a replicated tensor first) need those bytes hashed once: `state` tells that
+    two streams were fed the same, `fork` / `adopt` hand one's state to the other.
     """
 
     _ZEROS = bytes(1 << 20)
@@ -227,6 +229,22 @@ class StreamHash:
         self.zeros_to(offset)
         self.h.update(data)
         self.pos += memoryview(data).nbytes
+
+    def state(self) -> tuple[int, bytes] | None:
+        """(position, digest of the bytes so far); None once unknown. Two streams in the same state were
+        fed the same bytes (BLAKE3 is collision resistant), so their hashers' internal states are equal."""
+        return (self.pos, self.h.digest()) if self.valid else None
+
+    def fork(self) -> StreamHash:
+        """An independent copy of this stream, to continue from where it is."""
+        twin = StreamHash()
+        twin.h, twin.pos, twin.valid = self.h.copy(), self.pos, self.valid
+        return twin
+
+    def adopt(self, other: StreamHash) -> None:
+        """Continue from (a copy of) `other`'s state: what feeding this stream the bytes `other` was fed
+        since they were in the same `state` gives, without reading them again."""
+        self.h, self.pos, self.valid = other.h.copy(), other.pos, other.valid
 
     def finish(self, size: int) -> FileRecord | None:
         if self.valid and self.pos <= size:

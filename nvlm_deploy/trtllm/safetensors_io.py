@@ -7,15 +7,19 @@ bytes at its offset as soon as it is ready, so peak memory stays near the larges
 Writing is fast and self-describing: tensors that need no cast and whose piece is a run of whole
 rows of the source are copied file to file by the caller (`copy_range_to`: in the kernel with
 `os.copy_file_range`, else `os.sendfile`, where source and destination sit at the same place in a
-page; else, and without either call, positioned reads and writes through a small buffer, read once
-for every destination); the rest is read, cast and split by a background thread and written by
-others (`BackgroundWriter`: a preparing thread and one hashing lane per file, a bounded budget), so
-reading, casting, writing and hashing overlap the copies, and every file's digest (`artifacts.HASH`)
-is computed on the way (`artifacts.StreamHash`): its manifest record never needs a second read.
+page; else, to one file, pwrite straight from a 2 MiB memory map of the source, and, to several, a
+small buffer read once for all of them); the rest is read, cast and split by a background thread
+(torch on that thread alone) and written by others (`BackgroundWriter`: a preparing thread and one
+hashing lane per file, a bounded budget), so reading, casting, writing and hashing overlap the
+copies, and every file's digest (`artifacts.HASH`) is computed on the way (`artifacts.StreamHash`):
+its manifest record never needs a second read. Bytes copied to several files at the same place
+after the same bytes (a replicated tensor on tp ranks with equal headers) are hashed once
+(`SafetensorsWriter.hash_jobs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
@@ -206,6 +210,46 @@ class SafetensorsWriter:
                 continue
             offset += r.nbytes
 
+    def hash_jobs(self, name: str, ranges: list[SourceRange], fds: Callable[[Path], int], *, start: int = 0,
+                  also: list[tuple[SafetensorsWriter, str]] = ()) -> list[tuple[Callable[[], None], bool]]:
+        """`hash_ranges` for this file and for `also` (other files given the same bytes at the same place: a
+        replicated tensor's other tp ranks), as (job, must run even after an error) per file, this one
+        first: each to run on its file's lane, the first submitted first.
+
+        Files whose hashes so far cover the same bytes (tp ranks of one pipeline rank have the same header
+        and, up to the first piece that differs, the same tensors: the replicated embedding comes first)
+        share one pass over these bytes: the first job hashes them and the others continue from a copy of
+        its state (`StreamHash.adopt`): tp 4 hashes the embedding once instead of four times. Whether a
+        file's bytes so far are the same is checked when its job runs (`StreamHash.state`: position and
+        digest); a file that differs, or whose tensor sits elsewhere, hashes the bytes itself.
+        """
+        at = self._place(name)[0] + start
+        shared = [(w, n) for w, n in also if w._place(n)[0] + start == at]
+        if not shared:
+            return [(lambda w=w, n=n: w.hash_ranges(n, ranges, fds, start=start), False)
+                    for w, n in [(self, name), *also]]
+        handoff: dict[str, object] = {}
+        done = threading.Event()
+
+        def lead() -> None:
+            try:
+                before = self.hash.state()
+                self.hash_ranges(name, ranges, fds, start=start)
+                if before is not None and self.hash.valid:
+                    handoff.update(before=before, after=self.hash.fork())
+            finally:
+                done.set()  # also when this failed: the followers then hash for themselves
+
+        def follow(w: SafetensorsWriter, n: str) -> None:
+            if w._place(n)[0] + start == at:
+                done.wait()
+                if "after" in handoff and w.hash.state() == handoff["before"]:
+                    w.hash.adopt(handoff["after"])
+                    return
+            w.hash_ranges(n, ranges, fds, start=start)
+
+        return [(lead, True), *((lambda w=w, n=n: follow(w, n), False) for w, n in also)]
+
     def close(self) -> FileRecord | None:
         """Close, check every planned tensor was written, register the file's record; returns it (None: unknown)."""
         self.file.close()
@@ -225,6 +269,11 @@ _CHUNK = 1 << 24  # 16 MiB: memory-mapped hashing windows, and reads hashed when
 # and the write(s). Measured here (2026-12-01, 600 MiB to 4 files): 256 KiB 2.9-3.5 GB per CPU
 # second, 1 MiB 1.9, 4 MiB 0.5-0.75.
 _COPY_PIECE = 256 << 10
+# Copies written straight from a memory map of the source take this many bytes per map and pwrite.
+# Measured here (2026-12-01, 594 MiB to one file, GB per CPU second): 512 KiB 4.2-4.4, 1 MiB 4.5-5.0,
+# 2 MiB 4.9-5.2, 16 MiB 0.5-5.5 (erratic); in the quick tp 1 conversion 2 MiB windows matched 16 MiB
+# ones in wall time with 15 MB less peak RSS (mapped pages count as the process's).
+_MAPPED_PIECE = 2 << 20
 _PAGE = mmap.PAGESIZE
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 _local = threading.local()
@@ -250,25 +299,27 @@ def _pread_chunks(fd: int, offset: int, nbytes: int, size: int = _CHUNK):
         offset += n
 
 
-def _mapped_chunks(fd: int, offset: int, nbytes: int):
+def _mapped_chunks(fd: int, offset: int, nbytes: int, *, window: int | None = None, fallback: int | None = None):
     """The bytes of [offset, offset + nbytes) as views of read-only memory maps of the page cache (no
-    copy into this process), one window at a time so resident pages stay bounded; positioned reads
+    copy into this process), one window of at most `window` (default `_CHUNK`) at a time so resident
+    pages stay bounded; positioned reads into a reused buffer of `fallback` bytes (default `_CHUNK`)
     where mapping fails."""
+    size = window or _CHUNK
     page, end = mmap.ALLOCATIONGRANULARITY, offset + nbytes
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     while offset < end:
         base = offset - offset % page
-        length = min(end, base + _CHUNK) - base
+        length = min(end, base + size) - base
         try:
-            window = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=base)
+            mapped = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=base)
         except (OSError, ValueError):
-            yield from _pread_chunks(fd, offset, end - offset)
+            yield from _pread_chunks(fd, offset, end - offset, fallback or _CHUNK)
             return
         try:
-            with memoryview(window) as view, view[offset - base:length] as piece:
+            with memoryview(mapped) as view, view[offset - base:length] as piece:
                 yield piece  # released when the caller asks for the next one, so the map can close
         finally:
-            window.close()
+            mapped.close()
         offset = base + length
 
 
@@ -286,13 +337,20 @@ def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyte
 
 def copy_range_to(src_fd: int, src_offset: int, targets: list[tuple[int, int]], nbytes: int) -> None:
     """Copy a byte range to every (descriptor, offset) in `targets`: in the kernel (`kernel_copy`) where
-    both offsets sit at the same place in a page, else through a small user-space buffer, the source
-    read once for all of those.
+    both offsets sit at the same place in a page; else, for one such target, written straight from a
+    read-only memory map of the source's page cache (`_mapped_chunks`); for several, through a small
+    user-space buffer, the source read once for all of them.
 
     Why: the kernel copies a misaligned range destination page by destination page, each source
-    page in two pieces, at about 2 GB per CPU second here against 3-3.5 aligned; a 256 KiB buffer
-    copies either at 3-3.5 (measured 2026-12-01, benchmarks/README.md). A safetensors tensor's
-    offset depends on its file's header length, so source and rank file rarely line up.
+    page in two pieces, at about 2 GB per CPU second here against 3-3.5 aligned. A safetensors
+    tensor's offset depends on its file's header length, so source and rank file rarely line up.
+    Writing from the map costs one copy (page cache to page cache, inside `pwrite`) where the buffer
+    costs two (into it, out of it): measured here (2026-12-01, 594 MiB to one file, GB per CPU second)
+    4.5-5.2 against 2.8-3.1 through the buffer and 3.8-4.3 for an aligned kernel copy; in the quick tp 1
+    conversion the main thread (copies and planning) went from 0.63-0.68 to 0.43-0.48 CPU s (medians
+    of 5-6 alternating runs). To several files the map
+    lost to the buffer in the conversions (tp 2 and tp 4: main thread 0.70 vs 1.03 and 1.10 vs 2.63
+    CPU s, medians of 5-6 runs), so replicated pieces keep the buffer.
     """
     buffered = []
     for fd, offset in targets:
@@ -300,9 +358,13 @@ def copy_range_to(src_fd: int, src_offset: int, targets: list[tuple[int, int]], 
             kernel_copy(src_fd, src_offset, fd, offset, nbytes)
         else:
             buffered.append((fd, offset))
-    if not buffered:
-        return
     done = 0
+    if len(buffered) == 1:
+        ((fd, offset),) = buffered
+        for piece in _mapped_chunks(src_fd, src_offset, nbytes, window=_MAPPED_PIECE, fallback=_COPY_PIECE):
+            _pwrite_all(fd, piece, offset + done)
+            done += len(piece)
+        return
     for chunk in _pread_chunks(src_fd, src_offset, nbytes, _COPY_PIECE):
         for fd, offset in buffered:
             _pwrite_all(fd, chunk, offset + done)
@@ -337,6 +399,29 @@ def kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyt
         done += n
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch operations on this thread use no intra-op threads while inside.
+
+    With OpenMP (torch's CPU builds) the thread count is per calling thread; torch also keeps it as the
+    default for threads that have not used torch yet, restored on the way out.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _with_one_torch_thread(fn: Callable[[], object]) -> object:
+    with one_torch_thread():
+        return fn()
+
+
 class BackgroundWriter:
     """Background threads ("lanes") that run write jobs, each lane in submission order, holding at most
     `budget` bytes of pending data across all lanes; and one preparing thread (`prepare`).
@@ -344,8 +429,9 @@ class BackgroundWriter:
     The producer (kernel copies, planning) goes on while the preparing thread reads, casts and splits
     tensors and the lanes write and hash them. Jobs of one file must go to one lane (its hash is a
     stream); files on different lanes are written and hashed in parallel (BLAKE3 releases the GIL).
-    A lane job may wait for a prepared result submitted before it (never the other way round, so no
-    cycle). An error in a job is raised in the producer at its next `submit` / `wait_room` or at
+    A lane job may wait for a prepared result, or for another lane's job (`SafetensorsWriter.hash_jobs`),
+    submitted before it (never the other way round, so no cycle; a job others wait for is submitted
+    with `always`, so an error elsewhere does not skip it). An error in a job is raised in the producer at its next `submit` / `wait_room` or at
     `close`.
     """
 
@@ -365,8 +451,13 @@ class BackgroundWriter:
         self.closed = False
 
     def prepare(self, fn: Callable[[], object]):
-        """Run `fn` on the preparing thread (in submission order); its Future, for lane jobs to wait on."""
-        return self.preparer.submit(fn)
+        """Run `fn` on the preparing thread (in submission order); its Future, for lane jobs to wait on.
+
+        Its torch operations run on that thread alone (`one_torch_thread`): the lanes and the producer
+        already keep the cores busy, and torch's intra-op threads, spinning at each operation's end for
+        one of theirs that the system has preempted, took a fifth of the quick tp 4 conversion's CPU
+        time (perf, 2026-12-01)."""
+        return self.preparer.submit(_with_one_torch_thread, fn)
 
     def barrier(self) -> threading.Event:
         """An event set once every lane has run every job submitted so far (what they write is in place)."""
@@ -391,11 +482,13 @@ class BackgroundWriter:
                                or self.pending + nbytes <= self.budget)
             self._raise()
 
-    def submit(self, nbytes: int, job: Callable[[], None], *, lane: int = 0) -> None:
+    def submit(self, nbytes: int, job: Callable[[], None], *, lane: int = 0, always: bool = False) -> None:
+        """Queue `job` on `lane` (modulo the lanes); `always`: run it even after an error (a job that
+        others wait for)."""
         self.wait_room(nbytes)
         with self.cond:
             self.pending += nbytes
-        self.queues[lane % len(self.queues)].put((nbytes, job))
+        self.queues[lane % len(self.queues)].put((nbytes, job, always) if always else (nbytes, job))
 
     def _run(self, jobs) -> None:
         while True:

@@ -198,15 +198,22 @@ def test_unchanged_pieces_are_kernel_copies_and_give_the_same_checkpoint(tiny_ch
     from nvlm_deploy.trtllm.rank_files import load_trtllm_checkpoint
 
     _, plain = load_trtllm_checkpoint(convert_llm_checkpoint(tiny_checkpoint, tmp_path / "fp32", tp=4, dtype="fp32"))
-    copied = []
+    copied, hashed = [], []
     real = safetensors_io.copy_range_to
     monkeypatch.setattr(safetensors_io, "copy_range_to", lambda *a: copied.append(a[-1]) or real(*a))
+    real_hash = safetensors_io.SafetensorsWriter.hash_ranges
+    monkeypatch.setattr(safetensors_io.SafetensorsWriter, "hash_ranges",
+                        lambda self, name, *a, **k: hashed.append((self.path.name, name)) or real_hash(self, name, *a, **k))
     monkeypatch.setattr(llm_checkpoint, "COPY_CHUNK", 3000)  # many chunks per tensor, none page-aligned
     out = convert_llm_checkpoint(tiny_checkpoint, tmp_path / "bf16", tp=4, dtype="bf16")
     _, fast = load_trtllm_checkpoint(out)
     # bf16 in the source (embedding, lm_head with vocab padding, MLP rows) passes through file to file (the
     # embedding's chunks read once for its 4 ranks); fp32 q/k/v are cast
     assert len(copied) > 100 and max(copied) <= 3000
+    # the replicated embedding (first in every rank file, same headers) is hashed on rank 0 only; the
+    # other ranks continue from its state, and their records below are still their files' digests
+    embedding = {f for f, n in hashed if n == "transformer.vocab_embedding.weight"}
+    assert embedding == {"rank0.safetensors"} and {f for f, _ in hashed} == {f"rank{r}.safetensors" for r in range(4)}
     assert set(fast) == set(plain) and all(torch.equal(fast[n], plain[n].to(torch.bfloat16)) for n in plain)
     Target.of(out, stage="trtllm_checkpoint").manifest("trtllm_checkpoint", hashes=True)  # hashes made chunk by chunk
 

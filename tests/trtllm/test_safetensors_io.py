@@ -157,3 +157,92 @@ def test_one_source_range_reaches_every_target_aligned_or_not(tmp_path, monkeypa
     assert kernel == [8, 4096 + 8]
     for path, offset in zip(paths, offsets):
         assert path.read_bytes() == bytes(offset) + data[8:]
+
+
+def test_one_misaligned_target_is_written_from_a_memory_map_or_without_one(tmp_path, monkeypatch):
+    """copy_range_to with one target off the source's place in a page: pwrite from a map of the source
+    (pieces of _MAPPED_PIECE), or, where mapping fails, through the buffer; the same bytes either way."""
+    data = os.urandom(3 * (64 << 10) + 123)
+    (tmp_path / "src").write_bytes(data)
+    monkeypatch.setattr(safetensors_io, "_MAPPED_PIECE", 64 << 10)  # several windows
+    for mapping in (True, False):
+        if not mapping:
+            def refuse(*args, **kwargs):
+                raise OSError(errno.ENODEV, "no mmap here")
+
+            monkeypatch.setattr(safetensors_io.mmap, "mmap", refuse)
+        out = tmp_path / f"dst-{mapping}"
+        with open(tmp_path / "src", "rb") as src, open(out, "w+b") as dst:
+            safetensors_io.copy_range_to(src.fileno(), 5000, [(dst.fileno(), 7)], len(data) - 5000)
+        assert out.read_bytes() == bytes(7) + data[5000:]
+
+
+def _replicated(tmp_path, reader, tensors, *, differ: bool):
+    """Three files with the same header; "y" (all of b) copied to each, "x" before it the same in all
+    (or, `differ`, different in the last file). Returns the writers and the hash_jobs' lead/followers."""
+    specs = {"x": (torch.bfloat16, (2, 4)), "y": (torch.bfloat16, (2, 4))}
+    writers = [SafetensorsWriter(tmp_path / f"r{i}.safetensors", specs) for i in range(3)]
+    for i, w in enumerate(writers):
+        w.write("x", tensors["a"][:2] + (1 if differ and i == 2 else 0))
+    y = [SourceRange(*reader.location("b"))]
+    writers[0].copy("y", y, reader.fileno, also=[(w, "y") for w in writers[1:]])
+    return writers, writers[0].hash_jobs("y", y, reader.fileno, also=[(w, "y") for w in writers[1:]])
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_a_replicated_range_is_hashed_once_where_the_files_agree_so_far(tmp_path, source, monkeypatch, differ):
+    """hash_jobs: the first file's job hashes the bytes; a file whose bytes so far are the same continues
+    from a copy of its state, one that differs hashes them itself. Every record is its file's digest."""
+    tensors, reader = source
+    hashed = []
+    real = SafetensorsWriter.hash_ranges
+    monkeypatch.setattr(SafetensorsWriter, "hash_ranges",
+                        lambda self, *a, **k: hashed.append(self.path.name) or real(self, *a, **k))
+    writers, jobs = _replicated(tmp_path, reader, tensors, differ=differ)
+    assert [always for _, always in jobs] == [True, False, False]  # the lead runs even after an error
+    lanes = [threading.Thread(target=job) for job, _ in reversed(jobs)]  # followers wait for the lead
+    for lane in lanes:
+        lane.start()
+    for lane in lanes:
+        lane.join(10)
+    assert hashed == (["r0.safetensors", "r2.safetensors"] if differ else ["r0.safetensors"])
+    for w in writers:
+        record = w.close()
+        assert record.digest == _digest(w.path) and record.bytes == w.path.stat().st_size
+    assert torch.equal(load_file(writers[2].path)["y"], tensors["b"])
+
+
+def test_followers_hash_for_themselves_when_the_lead_failed(tmp_path, source, monkeypatch):
+    tensors, reader = source
+    writers, jobs = _replicated(tmp_path, reader, tensors, differ=False)
+    real = SafetensorsWriter.hash_ranges
+
+    def fail_first(self, *a, **k):
+        if self is writers[0]:
+            raise OSError(errno.EIO, "read error")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SafetensorsWriter, "hash_ranges", fail_first)
+    with pytest.raises(OSError, match="read error"):
+        jobs[0][0]()
+    for job, _ in jobs[1:]:
+        job()  # does not wait forever
+    for w in writers[1:]:
+        assert w.close().digest == _digest(w.path)
+    writers[0].file.close()
+
+
+def test_jobs_that_others_wait_for_run_after_an_error_and_prepared_work_uses_one_torch_thread():
+    writer, ran, before = BackgroundWriter(budget=100, lanes=1), [], torch.get_num_threads()
+
+    def boom():
+        raise ValueError("first")
+
+    writer.submit(1, boom)
+    writer.submit(1, lambda: ran.append("skipped"))
+    writer.submit(1, lambda: ran.append("always"), always=True)
+    threads = writer.prepare(torch.get_num_threads)
+    with pytest.raises(ValueError, match="first"):
+        writer.close()
+    assert ran == ["always"]
+    assert threads.result() == 1 and torch.get_num_threads() == before  # this thread's count untouched
