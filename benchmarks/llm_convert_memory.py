@@ -28,6 +28,7 @@ from pathlib import Path
 GB = 1e9
 NAME = "llm_convert_memory"
 SHARD_BYTES = 4 * 1024**3
+HASHED_COPY = "copy+blake3"  # a plain copy, then the BLAKE3 of each copied file (every core)
 
 
 def write_checkpoint(root: Path, **llm_overrides) -> dict:
@@ -110,11 +111,15 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.child == "copy" and args.copy_bytes:
         _copy_bytes(sorted(Path(args.model).iterdir()), Path(args.out), args.copy_bytes)
-    elif args.child == "copy":
+    elif args.child in ("copy", HASHED_COPY):
+        from nvlm_deploy.artifacts import file_digest
+
         out = Path(args.out)
         out.mkdir(parents=True)
         for f in sorted(Path(args.model).iterdir()):
             shutil.copyfile(f, out / f.name)
+            if args.child == HASHED_COPY:  # what a copy that records digests, as the conversion does, costs
+                file_digest(out / f.name)
     else:
         llm_checkpoint.convert_llm_checkpoint(args.model, args.out, tp=args.tp, pp=1, dtype="bf16")
     wall = time.perf_counter() - start
@@ -156,7 +161,7 @@ def measure(case: str, model: Path, out: Path, *, tp: int = 1, copy_bytes: int =
     row = json.loads(result.stdout.strip().splitlines()[-1])
     out_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     shutil.rmtree(out)  # keep disk use at source + one output
-    return {"case": case if case == "copy" else f"convert tp{tp}", **row, "output_bytes": out_bytes}
+    return {"case": case if case != "convert" else f"convert tp{tp}", **row, "output_bytes": out_bytes}
 
 
 QUICK_WIDTHS = dict(hidden_size=2048, intermediate_size=7392, num_attention_heads=16, num_key_value_heads=2)
@@ -197,7 +202,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/nvlm-llm-bench")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
     parser.add_argument("--quick", action="store_true", help="a quarter of the widths (~1.5 GB source)")
-    parser.add_argument("--child", choices=["copy", "convert"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["copy", HASHED_COPY, "convert"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
