@@ -2,9 +2,9 @@
 
 Why: a BLS request that calls the `tensorrt_llm` model crosses between processes four more times than
 one that decodes itself (BLS stub -> server -> tensorrt_llm stub, and every response back), and a
-Python model's round trip costs 1.5 ms at p50 on an idle 2-core machine here (benchmarks/
-serving_overhead.py, its `floor` row): those crossings were most of the 8 ms a text request spent in
-tritonserver beyond the same work in-process (issue 12). On GPU the decoder is the C++ backend, which
+Python model's round trip costs 2.2-3 ms at p50 on the 2-core machine here (benchmarks/
+serving_overhead.py, its `floor` row): a whole text answer spent 5.1 ms in tritonserver beyond the
+same work in-process with those crossings, 2.7 ms without (benchmarks/RESULTS.md, issue 12). On GPU the decoder is the C++ backend, which
 only a BLS request reaches; there the BLS keeps calling `tensorrt_llm`.
 
 The decoder is the `tensorrt_llm` model's own (its LlmHandler and in-flight scheduler, built from its

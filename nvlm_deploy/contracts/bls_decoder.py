@@ -2,9 +2,10 @@
 
 - local: the CPU decoder runs in the BLS's own process (backend.local_decoder; the default on cpu).
   A generation then crosses no process boundary: on the demo model a whole text answer spent
-  8 ms in tritonserver beyond the same work in-process with the BLS calling tensorrt_llm, 1.5 ms
-  decoding locally (benchmarks/serving_overhead.py, issue 12). The tensorrt_llm model still loads
-  for the ensemble, so the decoder's weights are in memory twice.
+  5.1 ms in tritonserver beyond the same work in-process with the BLS calling tensorrt_llm, 2.7 ms
+  decoding locally, against 2.2 ms for a Python model that answers at once (benchmarks/RESULTS.md,
+  serving overhead, 2026-12-01; issue 12). The tensorrt_llm model still loads for the ensemble, so
+  the decoder's weights are in memory twice.
 - tensorrt_llm: each generation is a BLS request to the tensorrt_llm model (the only choice on gpu,
   where that model is the tensorrtllm backend).
 """
