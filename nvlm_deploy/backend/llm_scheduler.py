@@ -36,6 +36,13 @@ def is_static(gpt_model_type: str) -> bool:
     return gpt_model_type in (STATIC, "v1")
 
 
+def model_scheduler(handler: LlmHandler, pb, *, max_batch_size: int | None, params) -> "LlmScheduler":
+    """The tensorrt_llm model's scheduler as its config sets it up: max_batch_size slots (at least one),
+    its request_timeout_s parameter (the model's execute, and the BLS's local decoder)."""
+    return LlmScheduler(handler, pb, slots=max(1, int(max_batch_size or 1)),
+                        request_timeout_s=float(params["request_timeout_s"]))
+
+
 @dataclass(eq=False)
 class _Entry:
     request: LlmRequest

@@ -4,8 +4,9 @@ Why: a BLS request that calls the `tensorrt_llm` model crosses between processes
 one that decodes itself (BLS stub -> server -> tensorrt_llm stub, and every response back), and a
 Python model's round trip costs 2.2-3 ms at p50 on the 2-core machine here (benchmarks/
 serving_overhead.py, its `floor` row): a whole text answer spent 5.1 ms in tritonserver beyond the
-same work in-process with those crossings, 2.7 ms without (benchmarks/RESULTS.md, issue 12). On GPU the decoder is the C++ backend, which
-only a BLS request reaches; there the BLS keeps calling `tensorrt_llm`.
+same work in-process with those crossings, 2.7 ms without (benchmarks/RESULTS.md, issue 12). On GPU
+the decoder is the C++ backend, which only a BLS request reaches; there the BLS keeps calling
+`tensorrt_llm`.
 
 The decoder is the `tensorrt_llm` model's own (its LlmHandler and in-flight scheduler, built from its
 config.pbtxt parameters), so answers, limits, refusals, deadlines and batching are the same; only
@@ -83,36 +84,32 @@ class _LoopSender:
 
 class LocalDecoder:
     """Args:
-        handler: backend.llm.LlmHandler (the decoder and its limits).
-        slots: requests decoding at once (tensorrt_llm's max_batch_size).
-        request_timeout_s: tensorrt_llm's request_timeout_s (<= 0: none).
+        scheduler: backend.llm_scheduler.LlmScheduler over the decoder, building its responses with
+            `InProcess` (from_repository: the tensorrt_llm model's own settings).
     """
 
-    def __init__(self, handler, *, slots: int, request_timeout_s: float = 0.0):
-        from nvlm_deploy.backend.llm_scheduler import LlmScheduler
-
-        self.handler = handler
-        self.scheduler = LlmScheduler(handler, InProcess, slots=slots, request_timeout_s=request_timeout_s)
+    def __init__(self, scheduler):
+        self.scheduler, self.handler = scheduler, scheduler.handler
 
     @classmethod
     def from_repository(cls, root: Path, model: str) -> "LocalDecoder":
         """The decoder the repository's `model` (tensorrt_llm, cpu) serves, configured from its config.pbtxt."""
         from nvlm_deploy.backend.llm import LlmHandler
-        from nvlm_deploy.backend.llm_scheduler import is_static
+        from nvlm_deploy.backend.llm_scheduler import is_static, model_scheduler
+        from nvlm_deploy.backend.pbutils import model_config, model_parameters
         from nvlm_deploy.errors import DeployError
-        from nvlm_deploy.serve.template import parse_model_config
 
-        path = root / model / "config.pbtxt"
-        config = parse_model_config(path.read_text(encoding="utf-8"), source=str(path))
-        params = {name: value.string_value for name, value in config.parameters.items()}
-        if "checkpoint_dir" not in params:
-            raise DeployError(f"{path} is not the CPU tensorrt_llm model (no checkpoint_dir): a GPU repository's BLS "
-                              "calls tensorrt_llm; re-package with --bls-decoder tensorrt_llm.")
+        config = model_config(root, model)
+        params = model_parameters(root, model, config)
+        where = root / model / "config.pbtxt"
+        if config.backend != "python":
+            raise DeployError(f"{where} is not the CPU tensorrt_llm model (backend {config.backend!r}): a GPU "
+                              "repository's BLS calls tensorrt_llm; re-package with --bls-decoder tensorrt_llm.")
         if is_static(params["gpt_model_type"]):
-            raise DeployError(f"{path}: gpt_model_type {params['gpt_model_type']} (static batching) is served by the "
+            raise DeployError(f"{where}: gpt_model_type {params['gpt_model_type']} (static batching) is served by the "
                               "tensorrt_llm model only; re-package with --bls-decoder tensorrt_llm.")
-        return cls(LlmHandler.from_parameters(root, params), slots=max(1, config.max_batch_size),
-                   request_timeout_s=float(params["request_timeout_s"]))
+        return cls(model_scheduler(LlmHandler.from_parameters(root, params), InProcess,
+                                   max_batch_size=config.max_batch_size, params=params))
 
     async def generate(self, inputs) -> AsyncIterator[dict]:
         """tensorrt_llm's outputs for one request's tensors (a BLS `_generate`); RequestError when refused."""

@@ -22,12 +22,17 @@ def model_setup(args: dict) -> tuple[dict, dict[str, str], Path]:
     return config, params, root
 
 
-def model_parameters(root: Path, model: str) -> dict[str, str]:
-    """Another model's string parameters, read from `<root>/<model>/config.pbtxt`."""
+def model_config(root: Path, model: str):
+    """Another model's config (a Triton ModelConfig), read from `<root>/<model>/config.pbtxt`."""
     from nvlm_deploy.serve.template import parse_model_config
 
     path = root / model / "config.pbtxt"
-    config = parse_model_config(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_model_config(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def model_parameters(root: Path, model: str, config=None) -> dict[str, str]:
+    """Another model's string parameters (of `config` when already read, else its config.pbtxt)."""
+    config = config or model_config(root, model)
     return {name: value.string_value for name, value in config.parameters.items()}
 
 

@@ -431,8 +431,8 @@ class BackgroundWriter:
     stream); files on different lanes are written and hashed in parallel (BLAKE3 releases the GIL).
     A lane job may wait for a prepared result, or for another lane's job (`SafetensorsWriter.hash_jobs`),
     submitted before it (never the other way round, so no cycle; a job others wait for is submitted
-    with `always`, so an error elsewhere does not skip it). An error in a job is raised in the producer at its next `submit` / `wait_room` or at
-    `close`.
+    with `always`, so an error elsewhere does not skip it). An error in a job is raised in the
+    producer at its next `submit` / `wait_room` or at `close`.
     """
 
     def __init__(self, budget: int = 1 << 30, lanes: int = 1):
@@ -488,14 +488,14 @@ class BackgroundWriter:
         self.wait_room(nbytes)
         with self.cond:
             self.pending += nbytes
-        self.queues[lane % len(self.queues)].put((nbytes, job, always) if always else (nbytes, job))
+        self.queues[lane % len(self.queues)].put((nbytes, job, always))
 
     def _run(self, jobs) -> None:
         while True:
             item = jobs.get()
             if item is None:
                 return
-            nbytes, job, *always = item
+            nbytes, job, always = item
             try:
                 if self.error is None or always:
                     job()

@@ -57,21 +57,41 @@ def test_a_request_the_model_refuses_raises_its_message_and_the_next_is_served(d
     assert len(collect(decoder, llm_inputs(4, stream=True))) == 4
 
 
-def test_closing_early_frees_the_slot_for_the_next_request(decoder):
-    """A client that goes away mid-stream: its generation leaves the batch at the next step. With one
-    slot, the next request can only be answered once that happened."""
-    one_slot = LocalDecoder(decoder.handler, slots=1)
+def test_closing_early_ends_the_generation_and_frees_the_slot(decoder, monkeypatch):
+    """A client that goes away mid-stream: its generation leaves the batch at the next step, with the
+    final flag alone (a cancellation), long before its 64 tokens; with one slot, the next request is
+    admitted only once that happened, and is answered right."""
+    from nvlm_deploy.backend import local_decoder
+    from nvlm_deploy.backend.llm_scheduler import LlmScheduler
+
+    senders = []
+
+    class RecordingSender(local_decoder._LoopSender):  # the real sender, keeping what it was given
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.sent = []
+            senders.append(self)
+
+        def send(self, response=None, flags=0):
+            self.sent.append((response, flags))
+            super().send(response, flags)
+
+    monkeypatch.setattr(local_decoder, "_LoopSender", RecordingSender)
+    one_slot = LocalDecoder(LlmScheduler(decoder.handler, local_decoder.InProcess, slots=1))
 
     async def run():
         first = one_slot.generate(llm_inputs(64, stream=True))
         await first.__anext__()
         await first.aclose()
-        return await asyncio.wait_for(asyncio.ensure_future(_all(one_slot.generate(llm_inputs(6, stream=False)))), 60)
+        return await asyncio.wait_for(_all(one_slot.generate(llm_inputs(6, stream=False))), 60)
 
     try:
         (whole,) = asyncio.run(run())
     finally:
         one_slot.close()
+    first_sent = senders[0].sent
+    assert first_sent[-1] == (None, local_decoder.FINAL)  # ended by the cancellation, not by its last token
+    assert len(first_sent) - 1 < 64
     np.testing.assert_array_equal(np.asarray(whole["output_ids"]).reshape(-1),
                                   np.asarray(model_outputs(decoder.handler, llm_inputs(6, stream=False))[0]["output_ids"])
                                   .reshape(-1))

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 from nvlm_deploy.backend import pbutils
 from nvlm_deploy.backend import request_inputs as rq
 from nvlm_deploy.backend.llm import LlmHandler
-from nvlm_deploy.backend.llm_scheduler import LlmScheduler, is_static
+from nvlm_deploy.backend.llm_scheduler import is_static, model_scheduler
 from nvlm_deploy.backend.request_inputs import RequestError
 
 
@@ -28,8 +28,8 @@ class TritonPythonModel:
         self.decoupled = pbutils.is_decoupled(config)
         self.static = is_static(params["gpt_model_type"])
         self.static_batch = threading.Lock()
-        self.scheduler = LlmScheduler(self.handler, pb_utils, slots=max(1, int(config.get("max_batch_size") or 1)),
-                                      request_timeout_s=float(params["request_timeout_s"]))
+        self.scheduler = model_scheduler(self.handler, pb_utils, max_batch_size=config.get("max_batch_size"),
+                                         params=params)
 
     def execute(self, requests):
         if self.static and self.decoupled:
